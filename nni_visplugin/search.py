@@ -1,0 +1,213 @@
+"""One search, end to end: data -> space -> strategy -> derived architecture -> measured -> files.
+
+The CLI's ``search`` command and the NNI trial both call :func:`run_search`, so what a user runs by
+hand is exactly what a trial runs. Files written into the output directory:
+
+- ``arch.json``: the derived architecture, the sample NNI's ``freeze`` takes;
+- ``alphas.json``: the architecture parameters after every epoch;
+- ``result.json``: metrics, settings and provenance (see :func:`run_search`);
+- ``model.pt``: weights of the derived network trained from scratch on the training split.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from nni_visplugin.config import SearchConfig
+from nni_visplugin.data import Splits, TensorLoader, load_dataset
+from nni_visplugin.registry import SPACES, STRATEGIES, factory_parameters
+from nni_visplugin.training import evaluate, train_from_scratch
+
+__all__ = ["run_search", "load_model", "write_json", "build_fixed_model", "seed_everything"]
+
+_logger = logging.getLogger(__name__)
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write then rename, so a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} requested but CUDA is not available")
+    return torch.device(name)
+
+
+def data_kwargs(splits: Splits) -> dict[str, int]:
+    c, h, w = splits.input_shape
+    return {"in_channels": c, "image_size": max(h, w), "num_classes": splits.num_classes}
+
+
+def build_fixed_model(space: str, kwargs: dict[str, Any], arch: dict[str, Any]) -> torch.nn.Module:
+    """Construct the fixed network of ``arch`` (only the chosen operations are built)."""
+    from nni.nas.space import model_context
+
+    validate_arch(space, kwargs, arch)
+    with model_context(arch):
+        return SPACES.create(space, **kwargs)
+
+
+def validate_arch(space: str, kwargs: dict[str, Any], arch: dict[str, Any]) -> None:
+    """Refuse an architecture that is not a point of the space, naming the first bad label."""
+    if not isinstance(arch, dict):
+        raise ValueError(f"an architecture must be a JSON object of label -> choice, got {type(arch).__name__}")
+    mutables = SPACES.create(space, **kwargs).simplify()
+    unknown = sorted(set(arch) - set(mutables))
+    if unknown:
+        raise ValueError(f"architecture labels {unknown} are not in space {space!r}")
+    for label, mutable in mutables.items():
+        if label not in arch:
+            raise ValueError(f"architecture has no value for {label!r} of space {space!r}")
+        error = mutable.check_contains({label: arch[label]})
+        if error is not None:
+            raise ValueError(f"architecture value {arch[label]!r} for {label!r} is not allowed: {error}")
+
+
+def _final_kwargs(config: SearchConfig, search_kwargs: dict[str, Any]) -> dict[str, Any]:
+    kwargs = dict(search_kwargs)
+    accepted = factory_parameters(SPACES.get(config.space))
+    if "affine" in accepted:
+        kwargs["affine"] = True  # fixed networks learn their batch-norm scale and shift
+    if config.final_width and "width" in accepted:
+        kwargs["width"] = config.final_width
+    if config.final_cells and "num_cells" in accepted:
+        kwargs["num_cells"] = config.final_cells
+    return kwargs
+
+
+def run_search(config: SearchConfig, out_dir: str | os.PathLike, *,
+               on_epoch: Callable[[int, dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Run one search and write its files into ``out_dir``; returns the contents of ``result.json``.
+
+    ``result.json`` holds ``val_accuracy`` (the derived network trained from scratch for
+    ``final_epochs`` on the training split, measured on the validation split),
+    ``supernet_val_accuracy``, ``input_shape`` [C, H, W], ``num_classes``, the space with its
+    search and final keyword arguments, the strategy with its settings, the full configuration,
+    the seed, parameter count and wall times.
+    """
+    started = time.time()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    device = _device(config.device)
+    seed_everything(config.seed)
+
+    splits = load_dataset(config.dataset, config.data_dir, val_fraction=config.val_fraction,
+                          max_train_samples=config.max_train_samples, image_size=config.image_size,
+                          with_test=False)
+    search_kwargs = {**config.space_kwargs, **data_kwargs(splits)}
+    space = SPACES.create(config.space, **search_kwargs)
+    strategy = STRATEGIES.create(config.strategy, **config.strategy_kwargs)
+
+    # Bilevel split: weights learn on one half of the training split, the architecture on the other.
+    x, y = splits.train
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(config.seed))
+    half = len(x) // 2
+    wi, ai = perm[:half], perm[half:]
+    train_w = TensorLoader(x[wi], y[wi], config.batch_size, shuffle=True, seed=config.seed)
+    train_a = TensorLoader(x[ai], y[ai], config.batch_size, shuffle=True, seed=config.seed + 1)
+    val = TensorLoader(*splits.val, batch_size=256)
+
+    alphas_path = out / "alphas.json"
+    history: list[dict[str, Any]] = []
+
+    def collect(epoch: int, record: dict[str, Any]) -> None:
+        # Written every epoch: a search cut short still leaves its alpha history behind.
+        history.append(_history_entry(record))
+        write_json(alphas_path, history)
+        if on_epoch is not None:
+            on_epoch(epoch, record)
+
+    search_start = time.time()
+    outcome = strategy.search(space, train_w, train_a, val, device=device, on_epoch=collect)
+    search_seconds = time.time() - search_start
+    write_json(out / "arch.json", outcome.arch)
+
+    # Measure the derived architecture: a fresh network, trained from scratch on all training data.
+    final_kwargs = _final_kwargs(config, search_kwargs)
+    seed_everything(config.seed)
+    model = build_fixed_model(config.space, final_kwargs, outcome.arch).to(device)
+    final_start = time.time()
+    train_from_scratch(model, TensorLoader(x, y, config.batch_size, shuffle=True, seed=config.seed + 2),
+                       config.final_epochs, lr=config.final_lr, device=device)
+    val_accuracy = evaluate(model, val, device)
+    torch.save(model.state_dict(), out / "model.pt")
+
+    result = {
+        "val_accuracy": val_accuracy,
+        "supernet_val_accuracy": outcome.last_val_accuracy,
+        "input_shape": list(splits.input_shape),
+        "num_classes": splits.num_classes,
+        "normalization": {"mean": splits.mean, "std": splits.std},
+        "space": config.space,
+        "space_kwargs": final_kwargs,
+        "search_space_kwargs": search_kwargs,
+        "strategy": config.strategy,
+        "strategy_kwargs": dict(config.strategy_kwargs),
+        "hyperparameters": {**dict(config.strategy_kwargs), **{f"space.{k}": v for k, v in config.space_kwargs.items()}},
+        "config": config.to_dict(),
+        "dataset": config.dataset,
+        "seed": config.seed,
+        "num_params": sum(p.numel() for p in model.parameters()),
+        "search_seconds": search_seconds,
+        "final_train_seconds": time.time() - final_start,
+        "wall_seconds": time.time() - started,
+        "device": str(device),
+        "torch_version": torch.__version__,
+    }
+    write_json(out / "result.json", result)
+    _logger.info("derived architecture: val_accuracy %.4f with %d parameters; files in %s",
+                 val_accuracy, result["num_params"], out)
+    return result
+
+
+def _history_entry(record: dict[str, Any]) -> dict[str, Any]:
+    return {k: record[k] for k in ("epoch", "train_loss", "val_accuracy", "weight_lr", "seconds", "alphas", "arch")
+            if k in record}
+
+
+def load_model(directory: str | os.PathLike, *, weights: bool = True) -> torch.nn.Module:
+    """Rebuild the fixed network from a search directory (``result.json`` + ``arch.json``).
+
+    The architecture is validated against its space first; the trained weights in ``model.pt``
+    are loaded with ``weights_only=True`` when present and ``weights`` is true.
+    """
+    d = Path(directory)
+    try:
+        result = json.loads((d / "result.json").read_text())
+        arch = json.loads((d / "arch.json").read_text())
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"{exc.filename} is missing: {d} is not a search output directory") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"corrupt JSON in {d}: {exc}") from None
+    model = build_fixed_model(result["space"], result["space_kwargs"], arch)
+    if weights and (d / "model.pt").exists():
+        model.load_state_dict(torch.load(d / "model.pt", map_location="cpu", weights_only=True))
+    return model.eval()

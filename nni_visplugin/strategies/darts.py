@@ -1,0 +1,319 @@
+"""DARTS (Liu, Simonyan, Yang, ICLR 2019) as an NNI strategy, first and second order.
+
+The supernet is built through NNI's own mutation hooks (see :mod:`nni_visplugin.supernet`). The
+bilevel problem alternates, per step:
+
+1. the architecture step on a batch of the architecture half of the training data, by
+   ``grad_alpha L_a(w, alpha)`` (first order) or by the unrolled approximation of section 2.3
+   (second order) with the finite-difference Hessian-vector product of equation (8);
+2. the weight step on a batch of the weight half, by SGD with momentum under a cosine schedule.
+
+The validation split only measures progress; the test split never reaches this module.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.func import functional_call
+
+from nni.nas.oneshot.pytorch.strategy import OneShotStrategy, no_default_hook
+from nni.nas.space import RawFormatModelSpace
+
+from nni_visplugin.registry import register_strategy
+from nni_visplugin.supernet import alpha_snapshot, arch_parameters, derive_architecture, mixed_input_hook, mixed_op_hook
+from nni_visplugin.training import check_finite, evaluate
+
+__all__ = ["DartsConfig", "DartsStrategy", "SearchOutcome", "unrolled_arch_gradient"]
+
+_logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DartsConfig:
+    """Hyperparameters of a DARTS search. Defaults are the paper's CIFAR-10 settings (appendix A.1.1)."""
+
+    epochs: int = 50
+    order: int = 1
+    weight_lr: float = 0.025
+    weight_lr_min: float = 0.001
+    momentum: float = 0.9
+    weight_decay: float = 3e-4
+    grad_clip: float = 5.0
+    arch_lr: float = 3e-4
+    arch_weight_decay: float = 1e-3
+    arch_beta1: float = 0.5
+    arch_beta2: float = 0.999
+    warmup_epochs: int = 0  # epochs of weight-only training before alpha moves
+    hvp_eps: float = 0.01  # second order: finite-difference radius, divided by ||grad_w'||, as in the paper
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.type == "int" and (isinstance(value, bool) or not isinstance(value, int)):
+                raise TypeError(f"darts: {f.name} must be an integer, got {value!r}")
+            if f.type == "float" and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise TypeError(f"darts: {f.name} must be a number, got {value!r}")
+        if self.order not in (1, 2):
+            raise ValueError(f"darts: order must be 1 or 2, got {self.order}")
+        if self.epochs < 1:
+            raise ValueError(f"darts: epochs must be >= 1, got {self.epochs}")
+        if not 0 <= self.warmup_epochs <= self.epochs:
+            raise ValueError(f"darts: warmup_epochs must be in [0, epochs], got {self.warmup_epochs}")
+        for name in ("weight_lr", "arch_lr", "grad_clip", "hvp_eps"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"darts: {name} must be > 0, got {getattr(self, name)}")
+        for name in ("weight_lr_min", "weight_decay", "arch_weight_decay"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"darts: {name} must be >= 0, got {getattr(self, name)}")
+        if self.weight_lr_min > self.weight_lr:
+            raise ValueError(f"darts: weight_lr_min ({self.weight_lr_min}) exceeds weight_lr ({self.weight_lr})")
+        for name in ("momentum", "arch_beta1", "arch_beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"darts: {name} must be in [0, 1), got {getattr(self, name)}")
+
+
+@dataclass
+class SearchOutcome:
+    """What a search returns: plain data plus the trained supernet."""
+
+    arch: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    supernet: nn.Module | None = None
+
+    @property
+    def last_val_accuracy(self) -> float | None:
+        return self.history[-1].get("val_accuracy") if self.history else None
+
+
+def _split_params(supernet: nn.Module) -> tuple[list[str], list[nn.Parameter], list[nn.Parameter]]:
+    arch_ids = {id(p) for p in arch_parameters(supernet).values()}
+    names, weights = [], []
+    for name, p in supernet.named_parameters():
+        if id(p) not in arch_ids:
+            names.append(name)
+            weights.append(p)
+    return names, weights, list(arch_parameters(supernet).values())
+
+
+def unrolled_arch_gradient(supernet: nn.Module, criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                           weight_names: Sequence[str], weights: Sequence[torch.Tensor], alphas: Sequence[torch.Tensor],
+                           batch_w: tuple[torch.Tensor, torch.Tensor], batch_a: tuple[torch.Tensor, torch.Tensor],
+                           xi: float, momentum: float = 0.0, weight_decay: float = 0.0,
+                           momentum_buffers: Sequence[torch.Tensor | None] | None = None,
+                           fd_scale: float = 0.01) -> list[torch.Tensor]:
+    """Second-order DARTS architecture gradient (paper, equations 6-8).
+
+    ``w' = w - xi * (momentum * buf + grad_w L_w(w, alpha) + weight_decay * w)`` is the virtual SGD
+    step; the gradient is ``grad_alpha L_a(w', alpha) - xi * (grad_alpha L_w(w+, alpha) -
+    grad_alpha L_w(w-, alpha)) / (2 eps)`` with ``w+- = w +- eps * grad_w' L_a(w', alpha)`` and
+    ``eps = fd_scale / ||grad_w' L_a(w', alpha)||``.
+
+    Batch-norm running statistics are not touched: the virtual steps use copies of the buffers.
+    """
+    buffers = {n: b.clone() for n, b in supernet.named_buffers()}
+
+    def loss_at(params: Sequence[torch.Tensor], batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        x, y = batch
+        out = functional_call(supernet, {**dict(zip(weight_names, params)), **buffers}, (x,))
+        return criterion(out, y)
+
+    grads_w = torch.autograd.grad(loss_at(weights, batch_w), weights)
+    bufs = momentum_buffers if momentum_buffers is not None else [None] * len(weights)
+    with torch.no_grad():
+        w_virtual = []
+        for w, g, buf in zip(weights, grads_w, bufs):
+            step = g + weight_decay * w
+            if buf is not None:
+                step = step + momentum * buf
+            w_virtual.append((w - xi * step).requires_grad_())
+
+    loss_a = loss_at(w_virtual, batch_a)
+    grads = torch.autograd.grad(loss_a, list(alphas) + w_virtual, allow_unused=True)
+    d_alpha = [g if g is not None else torch.zeros_like(a) for g, a in zip(grads[: len(alphas)], alphas)]
+    d_w = [g if g is not None else torch.zeros_like(w) for g, w in zip(grads[len(alphas):], w_virtual)]
+
+    norm = torch.sqrt(sum((g * g).sum() for g in d_w))
+    if norm.item() == 0.0:
+        return d_alpha
+    eps = fd_scale / norm
+    with torch.no_grad():
+        w_plus = [w + eps * d for w, d in zip(weights, d_w)]
+        w_minus = [w - eps * d for w, d in zip(weights, d_w)]
+    g_plus = torch.autograd.grad(loss_at(w_plus, batch_w), list(alphas), allow_unused=True)
+    g_minus = torch.autograd.grad(loss_at(w_minus, batch_w), list(alphas), allow_unused=True)
+    out = []
+    for da, gp, gm in zip(d_alpha, g_plus, g_minus):
+        gp = gp if gp is not None else torch.zeros_like(da)
+        gm = gm if gm is not None else torch.zeros_like(da)
+        out.append(da - xi * (gp - gm) / (2 * eps))
+    return out
+
+
+def _split_loader_for_bilevel(loader: Any, seed: int) -> tuple[Iterable, Iterable]:
+    """Halve a DataLoader's dataset: weights train on one half, the architecture on the other."""
+    from torch.utils.data import DataLoader, random_split
+
+    dataset = loader.dataset
+    n = len(dataset)
+    if n < 2:
+        raise ValueError("the training split needs at least 2 samples to be halved for the bilevel search")
+    halves = random_split(dataset, [n // 2, n - n // 2], generator=torch.Generator().manual_seed(seed))
+    batch = loader.batch_size or 64
+    return tuple(DataLoader(h, batch_size=batch, shuffle=True, drop_last=False,
+                            generator=torch.Generator().manual_seed(seed + i)) for i, h in enumerate(halves))
+
+
+@register_strategy("darts")
+class DartsStrategy(OneShotStrategy):
+    """DARTS as an NNI ``Strategy``.
+
+    Use it standalone through :meth:`search`, or inside ``nni.nas.experiment.NasExperiment`` with an
+    NNI Lightning evaluator (``nni.nas.evaluator.pytorch.Classification``): its training data is
+    halved between the weight and the architecture steps and its validation data measures progress.
+
+    Keyword arguments are the fields of :class:`DartsConfig`.
+    """
+
+    config_class = DartsConfig
+
+    def __init__(self, **kwargs: Any):
+        super().__init__()
+        known = [f.name for f in fields(self.config_class)]
+        unknown = sorted(set(kwargs) - set(known))
+        if unknown:
+            raise TypeError(f"strategy {type(self).__name__} got unknown setting(s) {', '.join(unknown)}; "
+                            f"it takes: {', '.join(known)}")
+        self.config = self.config_class(**kwargs)
+        self.outcome: SearchOutcome | None = None
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in asdict(self.config).items())
+
+    def default_mutation_hooks(self):
+        return [mixed_op_hook, mixed_input_hook, no_default_hook]
+
+    def build_supernet(self, model_space: nn.Module) -> nn.Module:
+        """A relaxed copy of ``model_space``; the space itself is left untouched for ``freeze``."""
+        return self.mutate_model(copy.deepcopy(model_space))
+
+    # ----------------------------------------------------------------- the search
+    def search(self, model_space: nn.Module, train_w: Iterable, train_a: Iterable, val: Iterable | None = None, *,
+               device: torch.device | str = "cpu",
+               on_epoch: Callable[[int, dict[str, Any]], None] | None = None) -> SearchOutcome:
+        """Run the bilevel optimisation and derive the architecture.
+
+        ``train_w`` feeds the weight steps, ``train_a`` the architecture steps; ``val`` (optional) is
+        evaluated after every epoch. ``on_epoch(epoch, record)`` receives each history record.
+        """
+        cfg = self.config
+        supernet = self.build_supernet(model_space).to(device)
+        names, weights, alphas = _split_params(supernet)
+        if not alphas:
+            raise ValueError("the model space has no LayerChoice or InputChoice to search")
+        w_opt = torch.optim.SGD(weights, lr=cfg.weight_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        a_opt = torch.optim.Adam(alphas, lr=cfg.arch_lr, betas=(cfg.arch_beta1, cfg.arch_beta2),
+                                 weight_decay=cfg.arch_weight_decay)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(w_opt, T_max=cfg.epochs, eta_min=cfg.weight_lr_min)
+        criterion = nn.CrossEntropyLoss()
+        history: list[dict[str, Any]] = []
+
+        for epoch in range(cfg.epochs):
+            start = time.perf_counter()
+            supernet.train()
+            lr = w_opt.param_groups[0]["lr"]
+            update_arch = epoch >= cfg.warmup_epochs
+            loss_sum, n_seen, steps = 0.0, 0, 0
+            for step, ((xw, yw), (xa, ya)) in enumerate(zip(train_w, train_a)):
+                xw, yw, xa, ya = xw.to(device), yw.to(device), xa.to(device), ya.to(device)
+                if update_arch:
+                    self._arch_step(supernet, criterion, names, weights, alphas, w_opt, a_opt,
+                                    (xw, yw), (xa, ya), lr, f"epoch {epoch} step {step}")
+                loss = criterion(supernet(xw), yw)
+                check_finite(loss, f"weight step, epoch {epoch} step {step}")
+                grads = torch.autograd.grad(loss, weights)
+                for p, g in zip(weights, grads):
+                    p.grad = g
+                nn.utils.clip_grad_norm_(weights, cfg.grad_clip)
+                w_opt.step()
+                w_opt.zero_grad(set_to_none=True)
+                loss_sum += loss.item() * yw.numel()
+                n_seen += yw.numel()
+                steps += 1
+            if steps == 0:
+                raise ValueError("the training loaders yielded no batch")
+            sched.step()
+
+            record: dict[str, Any] = {"epoch": epoch, "train_loss": loss_sum / n_seen, "weight_lr": lr,
+                                      "alphas": alpha_snapshot(supernet), "arch": derive_architecture(supernet)}
+            if val is not None:
+                record["val_accuracy"] = evaluate(supernet, val, device)
+            record["seconds"] = time.perf_counter() - start
+            history.append(record)
+            _logger.info("darts epoch %d/%d  train_loss %.4f  val_acc %s  (%.1f s)", epoch + 1, cfg.epochs,
+                         record["train_loss"], f"{record['val_accuracy']:.4f}" if "val_accuracy" in record else "-",
+                         record["seconds"])
+            if on_epoch is not None:
+                on_epoch(epoch, record)
+
+        self.outcome = SearchOutcome(arch=derive_architecture(supernet), history=history, supernet=supernet)
+        return self.outcome
+
+    def _arch_step(self, supernet, criterion, names, weights, alphas, w_opt, a_opt, batch_w, batch_a, lr, where):
+        cfg = self.config
+        if cfg.order == 1:
+            loss = criterion(supernet(batch_a[0]), batch_a[1])
+            check_finite(loss, f"architecture step, {where}")
+            # Gradients for alpha only: the first-order step never needs weight gradients.
+            grads = torch.autograd.grad(loss, alphas)
+        else:
+            bufs = [w_opt.state.get(p, {}).get("momentum_buffer") for p in weights]
+            grads = unrolled_arch_gradient(supernet, criterion, names, weights, alphas, batch_w, batch_a, xi=lr,
+                                           momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                                           momentum_buffers=bufs, fd_scale=cfg.hvp_eps)
+            for g in grads:
+                check_finite(g, f"second-order architecture gradient, {where}")
+        for a, g in zip(alphas, grads):
+            a.grad = g
+        a_opt.step()
+        a_opt.zero_grad(set_to_none=True)
+
+    # ----------------------------------------------------------------- NNI Strategy interface
+    def _initialize(self, model_space: RawFormatModelSpace, engine) -> RawFormatModelSpace:
+        if not isinstance(model_space, RawFormatModelSpace):
+            raise TypeError(f"{type(self).__name__} needs the 'raw' model format, got {type(model_space).__name__}")
+        return model_space
+
+    def _run(self) -> None:
+        space = self.model_space
+        evaluator = space.evaluator
+        train = getattr(evaluator, "train_dataloaders", None)
+        val = getattr(evaluator, "val_dataloaders", None)
+        if train is None:
+            raise ValueError(f"{type(self).__name__} needs an evaluator with train_dataloaders "
+                             "(e.g. nni.nas.evaluator.pytorch.Classification)")
+        if isinstance(val, (list, tuple)):
+            val = val[0] if val else None
+        train_w, train_a = _split_loader_for_bilevel(train, seed=0)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.search(space.model_space, train_w, train_a, val, device=device)
+
+    def list_models(self, sort: bool = True, limit: int | None = 1) -> Iterator[RawFormatModelSpace]:
+        """The derived architecture, as a frozen NNI model (``export_top_models`` reads ``.sample``)."""
+        if self.outcome is None:
+            raise RuntimeError("the strategy has not been run")
+        yield self.model_space.freeze(self.outcome.arch)
+
+    def state_dict(self) -> dict:
+        return {"arch": self.outcome.arch, "history": self.outcome.history} if self.outcome else {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if state_dict:
+            self.outcome = SearchOutcome(arch=state_dict["arch"], history=state_dict.get("history", []))

@@ -1,0 +1,79 @@
+"""NNI trial entry point: ``python -m nni_visplugin.trial [--space ...] [--set key=value ...]``.
+
+Fixed settings come from the command line (the experiment's ``trialCommand``); the tuner's
+hyperparameters override them. Each trial runs one search through :func:`run_search`, reports the
+supernet's validation accuracy after every epoch as an intermediate result, and the derived
+architecture's validation accuracy as the final result. Its files go to ``$NNI_OUTPUT_DIR``.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from nni_visplugin import _compat  # noqa: F401
+
+_logger = logging.getLogger("nni_visplugin.trial")
+
+
+def build_parser(prog: str = "python -m nni_visplugin.trial") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description="Run one search as an NNI trial.")
+    p.add_argument("--space", default=None, help="search space name (default: darts_cell)")
+    p.add_argument("--strategy", default=None, help="strategy name (default: darts)")
+    p.add_argument("--dataset", default=None, help="dataset name (default: digits)")
+    p.add_argument("--data-dir", default=None, help="dataset directory")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="fixed setting; repeatable")
+    p.add_argument("--out", default=None, help="output directory (default: $NNI_OUTPUT_DIR)")
+    return p
+
+
+def fixed_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    from nni_visplugin.config import parse_assignments
+
+    overrides = parse_assignments(args.set)
+    for key in ("space", "strategy", "dataset", "data_dir"):
+        if getattr(args, key) is not None:
+            overrides[key] = getattr(args, key)
+    return overrides
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    import nni
+
+    from nni_visplugin.config import SearchConfig
+    from nni_visplugin.search import run_search, write_json
+
+    params = nni.get_next_parameter() or {}
+    parameter_id = _compat.current_parameter_id()
+    out = Path(args.out or os.environ.get("NNI_OUTPUT_DIR") or ".")
+    # What this trial really received: NNI's own records can pair it with another trial's (issue 5726).
+    write_json(out / "parameters.json", {"trial_id": nni.get_trial_id(), "sequence_id": nni.get_sequence_id(),
+                                         "experiment_id": nni.get_experiment_id(), "parameter_id": parameter_id,
+                                         "parameters": params})
+    # The tuner's values override the fixed settings; both pass the same validation.
+    config = SearchConfig.create(params, base=SearchConfig.create(fixed_overrides(args)))
+    _logger.info("trial %s: %s", nni.get_trial_id(), config)
+
+    def report_epoch(epoch: int, record: dict[str, Any]) -> None:
+        nni.report_intermediate_result(record["val_accuracy"])
+
+    result = run_search(config, out, on_epoch=report_epoch)
+    nni.report_final_result({
+        "default": result["val_accuracy"],
+        "supernet_val_accuracy": result["supernet_val_accuracy"],
+        "num_params": result["num_params"],
+        "search_seconds": round(result["search_seconds"], 1),
+        # Shown in the web UI next to the metric, so a trial's true hyperparameters can be looked up.
+        "parameter_id": parameter_id if parameter_id is not None else -1,
+    })
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

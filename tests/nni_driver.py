@@ -1,0 +1,99 @@
+"""Drive one real NNI experiment: ``nnictl create``, wait, collect, ``nnictl stop``, kill leftovers.
+
+Run by the integration tests as a separate process, inside a private network namespace when the
+machine allows one (``unshare -n``): NNI 3.0's manager listens on every interface and has no option
+to bind to loopback, so the namespace, whose only interface is ``lo``, keeps it off the network.
+
+Usage: python nni_driver.py CONFIG PORT OUT_JSON TIMEOUT_SECONDS [--after-start SCRIPT]
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import psutil
+import yaml
+
+
+def _get(port: int, path: str):
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/nni/{path}", timeout=10) as r:
+        return json.loads(r.read())
+
+
+def _kill_leftovers(exp_dir: Path, manager_pid: int | None) -> list[int]:
+    """SIGKILL every process of this experiment that survived ``nnictl stop``."""
+    killed = []
+    needle = str(exp_dir)
+    for proc in psutil.process_iter(["pid", "cmdline", "cwd", "environ"]):
+        try:
+            info = proc.info
+            mine = (proc.pid == manager_pid
+                    or any(needle in part for part in (info.get("cmdline") or []))
+                    or needle in (info.get("cwd") or "")
+                    or (info.get("environ") or {}).get("NNI_OUTPUT_DIR", "").startswith(needle))
+            if mine and proc.pid != os.getpid():
+                proc.send_signal(signal.SIGKILL)
+                killed.append(proc.pid)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return killed
+
+
+def main() -> int:
+    config_path, port, out_path, timeout = Path(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3]), float(sys.argv[4])
+    if os.environ.get("NNI_DRIVER_NETNS") == "1":
+        subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    config = yaml.safe_load(config_path.read_text())
+    work_dir = Path(config["experimentWorkingDirectory"])
+    nnictl = str(Path(sys.executable).with_name("nnictl"))
+    report: dict = {"status": None, "errors": [], "trials": [], "metrics": [], "create_output": ""}
+    exp_id = None
+    manager_pid = None
+    try:
+        created = subprocess.run([nnictl, "create", "--config", str(config_path), "--port", str(port)],
+                                 capture_output=True, text=True, timeout=120)
+        report["create_output"] = created.stdout[-3000:] + created.stderr[-3000:]
+        if created.returncode != 0:
+            report["status"] = "CREATE_FAILED"
+            return 0
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                status = _get(port, "check-status")
+            except OSError:
+                time.sleep(1)
+                continue
+            report["status"], report["errors"] = status.get("status"), status.get("errors", [])
+            if report["status"] in ("DONE", "ERROR", "STOPPED"):
+                break
+            time.sleep(2)
+        else:
+            report["timed_out"] = True
+        report["experiment"] = _get(port, "experiment")
+        exp_id = report["experiment"].get("id")
+        report["trials"] = _get(port, "trial-jobs")
+        report["metrics"] = _get(port, "metric-data")
+    finally:
+        manifest = Path(os.environ["HOME"]) / "nni-experiments" / ".experiment"
+        if manifest.exists():
+            entries = json.loads(manifest.read_text())
+            if exp_id is None and entries:
+                exp_id = list(entries)[-1]
+            manager_pid = entries.get(exp_id, {}).get("pid") if exp_id else None
+        if exp_id is not None:
+            subprocess.run([nnictl, "stop", exp_id], capture_output=True, timeout=60)
+        report["experiment_id"] = exp_id
+        report["experiment_dir"] = str(work_dir / exp_id) if exp_id else None
+        report["killed_after_stop"] = _kill_leftovers(work_dir, manager_pid)
+        out_path.write_text(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

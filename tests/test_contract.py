@@ -1,0 +1,63 @@
+"""Every registered space, and every registered strategy on every space, passes the same contract."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from nni.nas.nn.pytorch import InputChoice, LayerChoice
+
+from nni_visplugin import create_strategy, list_spaces, list_strategies
+from nni_visplugin.data import TensorLoader
+from nni_visplugin.search import build_fixed_model, validate_arch
+
+from spaces_helpers import tiny_kwargs, tiny_space
+
+
+def _has_choices(model: torch.nn.Module) -> bool:
+    return any(isinstance(m, (LayerChoice, InputChoice)) for m in model.modules())
+
+
+@pytest.mark.parametrize("name", list_spaces())
+@pytest.mark.parametrize("shape", [(1, 8), (3, 28)])
+def test_space_builds_forwards_and_freezes(name, shape):
+    channels, size = shape
+    space = tiny_space(name, in_channels=channels, image_size=size, num_classes=5)
+    x = torch.randn(2, channels, size, size)
+    assert space(x).shape == (2, 5)
+    assert space.simplify(), f"{name} has no choice to search"
+    for seed in range(3):
+        memo: dict = {}
+        space.random(memo=memo, random_state=np.random.RandomState(seed))
+        frozen = space.freeze(memo)
+        assert not _has_choices(frozen)
+        assert frozen(x).shape == (2, 5)
+        fixed = build_fixed_model(name, tiny_kwargs(name, channels, size, 5), memo)
+        assert not _has_choices(fixed)
+        assert fixed(x).shape == (2, 5)
+        # Only chosen operations are built: never more parameters than the freeze of the space.
+        assert sum(p.numel() for p in fixed.parameters()) <= sum(p.numel() for p in frozen.parameters())
+
+
+@pytest.mark.parametrize("strategy", list_strategies())
+@pytest.mark.parametrize("name", list_spaces())
+def test_strategy_searches_and_derives_a_valid_architecture(name, strategy, tiny_images):
+    x, y = tiny_images
+    torch.manual_seed(0)
+    space = tiny_space(name)
+    outcome = create_strategy(strategy, epochs=1).search(
+        space, TensorLoader(x[:24], y[:24], 12), TensorLoader(x[24:], y[24:], 12), TensorLoader(x, y, 48))
+    validate_arch(name, tiny_kwargs(name), outcome.arch)
+    model = build_fixed_model(name, tiny_kwargs(name), outcome.arch)
+    assert not _has_choices(model)
+    assert model(x[:4]).shape == (4, 3)
+    assert 0.0 <= outcome.history[-1]["val_accuracy"] <= 1.0
+
+
+def test_invalid_architecture_is_refused_with_the_label():
+    kwargs = tiny_kwargs("seed_cells")
+    with pytest.raises(ValueError, match="cell0"):
+        validate_arch("seed_cells", kwargs, {"cell0": "transformer", "cell1": "conv_3x3"})
+    with pytest.raises(ValueError, match="cell1"):
+        validate_arch("seed_cells", kwargs, {"cell0": "conv_3x3"})
+    with pytest.raises(ValueError, match="not in space"):
+        validate_arch("seed_cells", kwargs, {"cell0": "conv_3x3", "cell1": "conv_3x3", "extra": 1})

@@ -1,0 +1,155 @@
+"""The Optuna tuner: NNI's search-space semantics, one Optuna trial per NNI parameter id, storage."""
+from __future__ import annotations
+
+import math
+import statistics
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from nni_visplugin.tuners import OptunaTuner, SearchSpaceError
+
+SPACE = {
+    "c": {"_type": "choice", "_value": ["a", 2, 0.5]},
+    "objs": {"_type": "choice", "_value": [[1, 2], {"k": 1}]},
+    "ri": {"_type": "randint", "_value": [3, 6]},
+    "u": {"_type": "uniform", "_value": [-1.0, 1.0]},
+    "qu": {"_type": "quniform", "_value": [0.0, 10.0, 2.5]},
+    "lu": {"_type": "loguniform", "_value": [1e-4, 1e-1]},
+    "qlu": {"_type": "qloguniform", "_value": [1.0, 100.0, 5.0]},
+    "n": {"_type": "normal", "_value": [3.0, 2.0]},
+    "qn": {"_type": "qnormal", "_value": [0.0, 10.0, 4.0]},
+    "ln": {"_type": "lognormal", "_value": [0.0, 0.5]},
+    "qln": {"_type": "qlognormal", "_value": [1.0, 0.5, 0.5]},
+}
+
+
+def _draw(space, n, sampler="random"):
+    tuner = OptunaTuner(sampler=sampler, seed=1)
+    tuner.update_search_space(space)
+    return tuner, [tuner.generate_parameters(i) for i in range(n)]
+
+
+def test_every_nni_type_follows_nni_semantics():
+    _, draws = _draw(SPACE, 1500)
+    col = {k: [d[k] for d in draws] for k in SPACE}
+    assert set(map(repr, col["c"])) == {"'a'", "2", "0.5"}
+    assert {repr(v) for v in col["objs"]} == {"[1, 2]", "{'k': 1}"}
+    assert set(col["ri"]) == {3, 4, 5}  # upper bound excluded
+    assert all(-1 <= v <= 1 for v in col["u"])
+    assert set(col["qu"]) <= {0.0, 2.5, 5.0, 7.5, 10.0} and len(set(col["qu"])) == 5
+    assert all(1e-4 <= v <= 1e-1 for v in col["lu"])
+    # log-uniform: about half of the draws below the geometric midpoint
+    assert 0.4 < sum(v < math.sqrt(1e-4 * 1e-1) for v in col["lu"]) / len(draws) < 0.6
+    assert all(1 <= v <= 100 and (v == 1 or v == 100 or v % 5 == 0) for v in col["qlu"])
+    assert statistics.mean(col["n"]) == pytest.approx(3.0, abs=0.2)
+    assert statistics.stdev(col["n"]) == pytest.approx(2.0, abs=0.2)
+    assert all(v % 4 == 0 for v in col["qn"])
+    assert all(v > 0 for v in col["ln"])
+    assert statistics.median(col["ln"]) == pytest.approx(1.0, abs=0.1)  # exp(mu)
+    assert all(abs(v / 0.5 - round(v / 0.5)) < 1e-9 for v in col["qln"])
+
+
+def test_nested_choice_samples_the_chosen_subspace():
+    space = {"opt": {"_type": "choice", "_value": [
+        {"_name": "sgd", "lr": {"_type": "uniform", "_value": [0.1, 0.2]}},
+        {"_name": "adam", "beta": {"_type": "choice", "_value": [0.9, 0.99]}},
+    ]}}
+    _, draws = _draw(space, 40)
+    names = {d["opt"]["_name"] for d in draws}
+    assert names == {"sgd", "adam"}
+    for d in draws:
+        if d["opt"]["_name"] == "sgd":
+            assert set(d["opt"]) == {"_name", "lr"} and 0.1 <= d["opt"]["lr"] <= 0.2
+        else:
+            assert set(d["opt"]) == {"_name", "beta"} and d["opt"]["beta"] in (0.9, 0.99)
+
+
+@pytest.mark.parametrize("space, message", [
+    ({"x": {"_type": "choice", "_value": []}}, "'x'.*at least one"),
+    ({"x": {"_type": "uniform", "_value": [1, 1]}}, "'x'.*low < high"),
+    ({"x": {"_type": "randint", "_value": [5, 2]}}, "'x'.*lower < upper"),
+    ({"x": {"_type": "loguniform", "_value": [0, 1]}}, "'x'.*low > 0"),
+    ({"x": {"_type": "gaussian", "_value": [0, 1]}}, "'x'.*unknown _type 'gaussian'"),
+    ({"x": {"_type": "normal", "_value": [0, -1]}}, "'x'.*sigma"),
+    ({"x": {"_type": "quniform", "_value": [0, 1, 0]}}, "'x'.*q must be > 0"),
+    ({"x": {"_type": "uniform", "_value": [0]}}, "'x'.*takes 2 values"),
+    ({"x": 3}, "'x'.*_type and _value"),
+])
+def test_invalid_spaces_are_rejected_naming_the_parameter(space, message):
+    with pytest.raises(SearchSpaceError, match=message):
+        OptunaTuner().update_search_space(space)
+
+
+def test_results_reach_their_own_trial_whatever_the_order():
+    """Concurrent trials finish out of order: each value must be told to the trial that drew its params."""
+    tuner, _ = _draw({"u": {"_type": "uniform", "_value": [0, 1]}}, 0)
+    params = {i: tuner.generate_parameters(i) for i in (10, 11, 12, 13)}
+    # The result of each trial is a function of its own parameters, so a mix-up is visible.
+    for pid in (12, 10, 13):
+        tuner.receive_trial_result(pid, params[pid], {"default": params[pid]["u"] * 2, "other": 1.0})
+    tuner.trial_end(11, success=False)
+    for pid in (12, 10, 13):
+        tuner.trial_end(pid, success=True)
+    trials = {t.user_attrs["nni_parameter_id"]: t for t in tuner.study.get_trials()}
+    for pid in (10, 12, 13):
+        assert trials[pid].state == TrialState.COMPLETE
+        assert trials[pid].value == pytest.approx(trials[pid].params["u"] * 2)
+        assert trials[pid].user_attrs["result_other"] == 1.0
+    assert trials[11].state == TrialState.FAIL
+
+
+def test_success_without_a_result_and_nan_results_are_failures():
+    tuner, _ = _draw({"u": {"_type": "uniform", "_value": [0, 1]}}, 0)
+    p0, p1 = tuner.generate_parameters(0), tuner.generate_parameters(1)
+    tuner.trial_end(0, success=True)
+    tuner.receive_trial_result(1, p1, float("nan"))
+    assert [t.state for t in tuner.study.get_trials()] == [TrialState.FAIL, TrialState.FAIL]
+
+
+def test_import_data_adds_each_record_once():
+    tuner, _ = _draw(SPACE, 0)
+    tuner2, draws = _draw(SPACE, 3)
+    data = [{"parameter": d, "value": {"default": 0.1 * i}} for i, d in enumerate(draws)]
+    tuner.import_data(data)
+    tuner.import_data(data)  # resume imports the same records again
+    done = tuner.study.get_trials(states=(TrialState.COMPLETE,))
+    assert sorted(t.value for t in done) == pytest.approx([0.0, 0.1, 0.2])
+    # and the imported history informs the sampler: the next draw works
+    assert set(tuner.generate_parameters(99)) == set(SPACE)
+
+
+def test_minimize_and_samplers():
+    for sampler in ("tpe", "random", "cmaes", "qmc"):
+        tuner = OptunaTuner(optimize_mode="minimize", sampler=sampler, seed=0)
+        tuner.update_search_space({"u": {"_type": "uniform", "_value": [0, 1]},
+                                   "c": {"_type": "choice", "_value": [1, 2]}})
+        for i in range(6):
+            p = tuner.generate_parameters(i)
+            tuner.receive_trial_result(i, p, p["u"])
+        assert tuner.study.direction == optuna.study.StudyDirection.MINIMIZE
+        assert tuner.study.best_value == min(t.value for t in tuner.study.trials)
+    with pytest.raises(ValueError, match="sampler"):
+        OptunaTuner(sampler="bayes")
+    with pytest.raises(ValueError, match="optimize_mode"):
+        OptunaTuner(optimize_mode="max")
+
+
+def test_study_persists_in_sqlite_storage(tmp_path):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    tuner = OptunaTuner(storage=url, study_name="s", seed=0)
+    tuner.update_search_space({"u": {"_type": "uniform", "_value": [0, 1]}})
+    p = tuner.generate_parameters(0)
+    tuner.receive_trial_result(0, p, 0.5)
+    again = optuna.load_study(study_name="s", storage=url)
+    assert [t.value for t in again.trials] == [0.5]
+    assert again.trials[0].params["u"] == p["u"]
+
+
+def test_default_storage_is_a_sqlite_file_in_the_experiment_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("NNI_LOG_DIRECTORY", str(tmp_path / "abc123" / "log"))
+    (tmp_path / "abc123" / "log").mkdir(parents=True)
+    tuner = OptunaTuner()
+    assert tuner.study.study_name == "nni-abc123"
+    assert (tmp_path / "abc123" / "optuna.db").exists()
