@@ -107,6 +107,7 @@ class SearchConfig:
     val_fraction: float = 0.2
     max_train_samples: int = 0  # 0 = all; a stratified subset keeps searches on big datasets cheap
     image_size: int = 32  # imagefolder only: images are resized to this square size
+    download: bool = False  # let torchvision fetch fashion-mnist / cifar10 when missing (needs network)
     final_epochs: int = 10  # retraining of the derived architecture from scratch to measure it
     final_lr: float = 0.05
     final_width: int = 0  # 0 = the searched width; DARTS retrains wider and deeper networks

@@ -115,7 +115,25 @@ def _load_digits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     return x[rest], y[rest], x[test], y[test]
 
 
-def _load_fashion_mnist(data_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _download(name: str, root: Path) -> Path:
+    """Opt-in (``download=True``) fetch through torchvision, for users who are online."""
+    from torchvision import datasets
+
+    root.mkdir(parents=True, exist_ok=True)
+    _logger.info("downloading %s into %s", name, root)
+    if name == "fashion-mnist":
+        for train in (True, False):
+            datasets.FashionMNIST(str(root), train=train, download=True)
+        return root / "FashionMNIST" / "raw"
+    for train in (True, False):
+        datasets.CIFAR10(str(root), train=train, download=True)
+    return root
+
+
+def _load_fashion_mnist(data_dir: Path, download: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    if download and not (data_dir / "train-images-idx3-ubyte.gz").exists() \
+            and not (data_dir / "train-images-idx3-ubyte").exists():
+        data_dir = _download("fashion-mnist", data_dir)
     if not data_dir.is_dir():
         raise DatasetError(f"Fashion-MNIST directory {data_dir} does not exist; install Debian's "
                            f"dataset-fashion-mnist or pass --data-dir")
@@ -184,12 +202,13 @@ def _open_rgb(path: str):
 
 def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, val_fraction: float = 0.2,
                  max_train_samples: int = 0, image_size: int = 32, split_seed: int = 0,
-                 with_test: bool = False) -> Splits:
+                 with_test: bool = False, download: bool = False) -> Splits:
     """Load ``name`` into normalised tensors split into train / val (/ test).
 
     ``val_fraction`` of the training data (stratified, fixed by ``split_seed``) is the validation
     split; ``max_train_samples`` > 0 keeps a stratified subset of the rest (cheap searches on large
-    datasets). Mean and standard deviation are measured on the training split only.
+    datasets). Mean and standard deviation are measured on the training split only. ``download``
+    lets torchvision fetch Fashion-MNIST or CIFAR-10 into ``data_dir`` when they are missing.
     """
     if name not in DATASETS:
         raise DatasetError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
@@ -199,10 +218,13 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, val_fr
     if name == "digits":
         x, y, xt, yt = _load_digits()
     elif name == "fashion-mnist":
-        x, y, xt, yt = _load_fashion_mnist(Path(data_dir or FASHION_MNIST_DIR))
+        default = Path("~/.cache/nni-visplugin/fashion-mnist").expanduser() if download else FASHION_MNIST_DIR
+        x, y, xt, yt = _load_fashion_mnist(Path(data_dir or default), download)
     elif name == "cifar10":
         if data_dir is None:
             raise DatasetError("cifar10 needs --data-dir (the torchvision CIFAR-10 root)")
+        if download:
+            _download("cifar10", Path(data_dir))
         x, y, xt, yt = _load_cifar10(Path(data_dir))
     else:
         if data_dir is None:

@@ -121,7 +121,7 @@ def run_search(config: SearchConfig, out_dir: str | os.PathLike, *,
 
     splits = load_dataset(config.dataset, config.data_dir, val_fraction=config.val_fraction,
                           max_train_samples=config.max_train_samples, image_size=config.image_size,
-                          with_test=False)
+                          with_test=False, download=config.download)
     search_kwargs = {**config.space_kwargs, **data_kwargs(splits)}
     space = SPACES.create(config.space, **search_kwargs)
     strategy = STRATEGIES.create(config.strategy, **config.strategy_kwargs)
