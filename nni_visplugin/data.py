@@ -218,7 +218,9 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, val_fr
     if name == "digits":
         x, y, xt, yt = _load_digits()
     elif name == "fashion-mnist":
-        default = Path("~/.cache/nni-visplugin/fashion-mnist").expanduser() if download else FASHION_MNIST_DIR
+        from nni_visplugin.latency import cache_dir
+
+        default = cache_dir() / "fashion-mnist" if download else FASHION_MNIST_DIR
         x, y, xt, yt = _load_fashion_mnist(Path(data_dir or default), download)
     elif name == "cifar10":
         if data_dir is None:

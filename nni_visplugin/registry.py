@@ -87,6 +87,14 @@ class Registry:
         except KeyError:
             raise KeyError(f"unknown {self.kind} {name!r}; known: {', '.join(self.names())}") from None
 
+    def name_of(self, factory: Callable[..., Any]) -> str:
+        """The registered name of ``factory`` (a space class, say)."""
+        self._load()
+        for name, f in self._factories.items():
+            if f is factory:
+                return name
+        raise KeyError(f"{getattr(factory, '__qualname__', factory)!r} is not a registered {self.kind}")
+
     def create(self, name: str, **kwargs: Any) -> Any:
         factory = self.get(name)
         check_kwargs(factory, kwargs, f"{self.kind} {name!r}")

@@ -159,6 +159,7 @@ def run_search(config: SearchConfig, out_dir: str | os.PathLike, *,
                        config.final_epochs, lr=config.final_lr, device=device)
     val_accuracy = evaluate(model, val, device)
     torch.save(model.state_dict(), out / "model.pt")
+    latency = _latency_report(outcome, config.space, search_kwargs, splits, device)
 
     result = {
         "val_accuracy": val_accuracy,
@@ -181,6 +182,7 @@ def run_search(config: SearchConfig, out_dir: str | os.PathLike, *,
         "wall_seconds": time.time() - started,
         "device": str(device),
         "torch_version": torch.__version__,
+        **latency,
     }
     write_json(out / "result.json", result)
     _logger.info("derived architecture: val_accuracy %.4f with %d parameters; files in %s",
@@ -188,9 +190,30 @@ def run_search(config: SearchConfig, out_dir: str | os.PathLike, *,
     return result
 
 
+def _latency_report(outcome: Any, space: str, search_kwargs: dict[str, Any], splits: Splits,
+                    device: torch.device) -> dict[str, Any]:
+    """Predicted (lookup table) and measured latency of the derived network, on this device.
+
+    Both concern the network at its searched size, the one the table describes.
+    """
+    table = getattr(outcome, "latency_table", None)
+    if table is None:
+        return {}
+    from nni_visplugin.latency import measure_model
+
+    predicted = table.predict(outcome.arch)
+    batch = table.meta["batch_size"]
+    measured = measure_model(build_fixed_model(space, search_kwargs, outcome.arch), splits.input_shape, device, batch)
+    _logger.info("latency of the derived network: predicted %.3f ms, measured %.3f ms (batch %d, %s)",
+                 predicted, measured, batch, table.meta["device_name"])
+    return {"latency_predicted_ms": predicted, "latency_measured_ms": measured,
+            "latency_error": abs(predicted - measured) / measured, "latency_batch_size": batch,
+            "latency_device": table.meta["device_name"]}
+
+
 def _history_entry(record: dict[str, Any]) -> dict[str, Any]:
-    return {k: record[k] for k in ("epoch", "train_loss", "val_accuracy", "weight_lr", "seconds", "alphas", "arch")
-            if k in record}
+    return {k: record[k] for k in ("epoch", "train_loss", "val_accuracy", "weight_lr", "seconds", "alphas", "arch",
+                                   "latency_expected_ms", "latency_predicted_ms") if k in record}
 
 
 def load_model(directory: str | os.PathLike, *, weights: bool = True) -> torch.nn.Module:

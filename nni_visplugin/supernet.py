@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from nni.nas.nn.pytorch import InputChoice, LayerChoice
 
-__all__ = ["MixedOp", "MixedInput", "mixed_op_hook", "mixed_input_hook", "arch_parameters", "derive_architecture",
+__all__ = ["ChoiceModule", "choice_modules", "MixedOp", "MixedInput", "mixed_op_hook", "mixed_input_hook", "arch_parameters", "derive_architecture",
            "alpha_snapshot", "is_zero_op"]
 
 
@@ -29,7 +29,16 @@ def _new_alpha(n: int) -> nn.Parameter:
     return nn.Parameter(1e-3 * torch.randn(n))
 
 
-class MixedOp(nn.Module):
+class ChoiceModule(nn.Module):
+    """Base of every relaxed choice: ``label``, candidate ``names`` and the architecture ``alpha``
+    (``None`` where the choice is carried by other parameters, as DARTS nodes are by their edges)."""
+
+    label: str
+    names: list
+    alpha: nn.Parameter | None
+
+
+class MixedOp(ChoiceModule):
     """``sum_i softmax(alpha)_i * op_i(x)`` over the candidates of one ``LayerChoice``."""
 
     def __init__(self, label: str, names: list, candidates: list[nn.Module], alpha: nn.Parameter):
@@ -58,7 +67,7 @@ class MixedOp(nn.Module):
         return out
 
 
-class MixedInput(nn.Module):
+class MixedInput(ChoiceModule):
     """Relaxation of an ``InputChoice`` (``reduction='sum'`` or ``'mean'``).
 
     With ``edge_labels`` (each candidate input is the output of a ``LayerChoice``), the node is the
@@ -73,6 +82,7 @@ class MixedInput(nn.Module):
         if reduction not in ("sum", "mean"):
             raise TypeError(f"InputChoice {label!r} with reduction={reduction!r} cannot be relaxed; use 'sum' or 'mean'")
         self.label = label
+        self.names = list(range(n_candidates))
         self.n_candidates = n_candidates
         self.n_chosen = n_chosen
         self.reduction = reduction
@@ -120,26 +130,25 @@ def _choices(supernet: nn.Module) -> tuple[dict[str, MixedOp], dict[str, MixedIn
     return ops, inputs
 
 
+def choice_modules(supernet: nn.Module) -> dict[str, ChoiceModule]:
+    """The first relaxed module of every label that owns an architecture parameter."""
+    found: dict[str, ChoiceModule] = {}
+    for m in supernet.modules():
+        if isinstance(m, ChoiceModule) and m.alpha is not None:
+            found.setdefault(m.label, m)
+    return found
+
+
 def arch_parameters(supernet: nn.Module) -> dict[str, nn.Parameter]:
     """Architecture parameters by label (one tensor per label, however many modules share it)."""
-    ops, inputs = _choices(supernet)
-    params = {label: m.alpha for label, m in ops.items()}
-    params.update({label: m.alpha for label, m in inputs.items() if m.alpha is not None})
-    return params
+    return {label: m.alpha for label, m in choice_modules(supernet).items()}
 
 
 def alpha_snapshot(supernet: nn.Module) -> dict[str, dict[str, list]]:
     """Plain-data view of every architecture parameter: candidate names, raw values, softmax."""
-    ops, inputs = _choices(supernet)
-    snap = {}
-    for label, m in ops.items():
-        snap[label] = {"names": list(m.names), "alpha": m.alpha.detach().cpu().tolist(),
-                       "softmax": m.weights().detach().cpu().tolist()}
-    for label, m in inputs.items():
-        if m.alpha is not None:
-            snap[label] = {"names": list(range(m.n_candidates)), "alpha": m.alpha.detach().cpu().tolist(),
-                           "softmax": F.softmax(m.alpha.detach(), -1).cpu().tolist()}
-    return snap
+    return {label: {"names": list(m.names), "alpha": m.alpha.detach().cpu().tolist(),
+                    "softmax": F.softmax(m.alpha.detach(), -1).cpu().tolist()}
+            for label, m in choice_modules(supernet).items()}
 
 
 def _best_op(op: MixedOp) -> tuple[Any, float]:

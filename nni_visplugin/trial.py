@@ -64,14 +64,18 @@ def main(argv: list[str] | None = None) -> int:
         nni.report_intermediate_result(record["val_accuracy"])
 
     result = run_search(config, out, on_epoch=report_epoch)
-    nni.report_final_result({
+    final = {
         "default": result["val_accuracy"],
         "supernet_val_accuracy": result["supernet_val_accuracy"],
         "num_params": result["num_params"],
         "search_seconds": round(result["search_seconds"], 1),
         # Shown in the web UI next to the metric, so a trial's true hyperparameters can be looked up.
         "parameter_id": parameter_id if parameter_id is not None else -1,
-    })
+    }
+    for key in ("latency_predicted_ms", "latency_measured_ms"):
+        if key in result:
+            final[key] = round(result[key], 4)
+    nni.report_final_result(final)
     return 0
 
 

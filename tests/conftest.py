@@ -61,3 +61,16 @@ def tiny_images():
     y = torch.arange(48) % 3
     x[:, 0, :3, :3] += y.view(-1, 1, 1).float()  # a learnable signal
     return x, y
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """Latency tables and other caches go to a temporary directory, not the user's ~/.cache."""
+    cache = tmp_path_factory.mktemp("cache")
+    old = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(cache)
+    yield cache
+    if old is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = old

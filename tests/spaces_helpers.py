@@ -5,7 +5,7 @@ from nni_visplugin import create_space
 from nni_visplugin.registry import SPACES, factory_parameters
 
 # Smallest sensible settings for known arguments; spaces from other packages get their defaults.
-TINY = {"width": 4, "num_cells": 2, "num_nodes": 2}
+TINY = {"width": 4, "num_cells": 2, "num_nodes": 2, "widths": [4, 8], "depths": [1, 2], "stem_width": 4, "head_width": 16}
 
 
 def tiny_kwargs(name: str, in_channels: int = 1, image_size: int = 8, num_classes: int = 3) -> dict:

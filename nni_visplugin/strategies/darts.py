@@ -31,17 +31,16 @@ from nni_visplugin.registry import register_strategy
 from nni_visplugin.supernet import alpha_snapshot, arch_parameters, derive_architecture, mixed_input_hook, mixed_op_hook
 from nni_visplugin.training import check_finite, evaluate
 
-__all__ = ["DartsConfig", "DartsStrategy", "SearchOutcome", "unrolled_arch_gradient"]
+__all__ = ["OneShotConfig", "DartsConfig", "DartsStrategy", "SearchOutcome", "unrolled_arch_gradient"]
 
 _logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class DartsConfig:
-    """Hyperparameters of a DARTS search. Defaults are the paper's CIFAR-10 settings (appendix A.1.1)."""
+class OneShotConfig:
+    """Settings every bilevel one-shot search shares: the weight and architecture optimisers."""
 
     epochs: int = 50
-    order: int = 1
     weight_lr: float = 0.025
     weight_lr_min: float = 0.001
     momentum: float = 0.9
@@ -52,32 +51,46 @@ class DartsConfig:
     arch_beta1: float = 0.5
     arch_beta2: float = 0.999
     warmup_epochs: int = 0  # epochs of weight-only training before alpha moves
-    hvp_eps: float = 0.01  # second order: finite-difference radius, divided by ||grad_w'||, as in the paper
 
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
             if f.type == "int" and (isinstance(value, bool) or not isinstance(value, int)):
-                raise TypeError(f"darts: {f.name} must be an integer, got {value!r}")
+                raise TypeError(f"{f.name} must be an integer, got {value!r}")
             if f.type == "float" and (isinstance(value, bool) or not isinstance(value, (int, float))):
-                raise TypeError(f"darts: {f.name} must be a number, got {value!r}")
-        if self.order not in (1, 2):
-            raise ValueError(f"darts: order must be 1 or 2, got {self.order}")
+                raise TypeError(f"{f.name} must be a number, got {value!r}")
+            if f.type == "str" and not isinstance(value, str):
+                raise TypeError(f"{f.name} must be a string, got {value!r}")
         if self.epochs < 1:
-            raise ValueError(f"darts: epochs must be >= 1, got {self.epochs}")
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
         if not 0 <= self.warmup_epochs <= self.epochs:
-            raise ValueError(f"darts: warmup_epochs must be in [0, epochs], got {self.warmup_epochs}")
-        for name in ("weight_lr", "arch_lr", "grad_clip", "hvp_eps"):
+            raise ValueError(f"warmup_epochs must be in [0, epochs], got {self.warmup_epochs}")
+        for name in ("weight_lr", "arch_lr", "grad_clip"):
             if not getattr(self, name) > 0:
-                raise ValueError(f"darts: {name} must be > 0, got {getattr(self, name)}")
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         for name in ("weight_lr_min", "weight_decay", "arch_weight_decay"):
             if getattr(self, name) < 0:
-                raise ValueError(f"darts: {name} must be >= 0, got {getattr(self, name)}")
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.weight_lr_min > self.weight_lr:
-            raise ValueError(f"darts: weight_lr_min ({self.weight_lr_min}) exceeds weight_lr ({self.weight_lr})")
+            raise ValueError(f"weight_lr_min ({self.weight_lr_min}) exceeds weight_lr ({self.weight_lr})")
         for name in ("momentum", "arch_beta1", "arch_beta2"):
             if not 0 <= getattr(self, name) < 1:
-                raise ValueError(f"darts: {name} must be in [0, 1), got {getattr(self, name)}")
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class DartsConfig(OneShotConfig):
+    """DARTS settings. Defaults are the paper's CIFAR-10 settings (appendix A.1.1)."""
+
+    order: int = 1
+    hvp_eps: float = 0.01  # second order: finite-difference radius, divided by ||grad_w'||, as in the paper
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.order not in (1, 2):
+            raise ValueError(f"order must be 1 or 2, got {self.order}")
+        if not self.hvp_eps > 0:
+            raise ValueError(f"hvp_eps must be > 0, got {self.hvp_eps}")
 
 
 @dataclass
@@ -215,6 +228,7 @@ class DartsStrategy(OneShotStrategy):
         """
         cfg = self.config
         supernet = self.build_supernet(model_space).to(device)
+        self._prepare(model_space, supernet, device)
         names, weights, alphas = _split_params(supernet)
         if not alphas:
             raise ValueError("the model space has no LayerChoice or InputChoice to search")
@@ -233,14 +247,15 @@ class DartsStrategy(OneShotStrategy):
             loss_sum, n_seen, steps = 0.0, 0, 0
             for step, ((xw, yw), (xa, ya)) in enumerate(zip(train_w, train_a)):
                 xw, yw, xa, ya = xw.to(device), yw.to(device), xa.to(device), ya.to(device)
+                where = f"epoch {epoch} step {step}"
                 if update_arch:
                     self._arch_step(supernet, criterion, names, weights, alphas, w_opt, a_opt,
-                                    (xw, yw), (xa, ya), lr, f"epoch {epoch} step {step}")
-                loss = criterion(supernet(xw), yw)
-                check_finite(loss, f"weight step, epoch {epoch} step {step}")
-                grads = torch.autograd.grad(loss, weights)
+                                    (xw, yw), (xa, ya), lr, where)
+                loss = self._weight_loss(supernet, criterion, xw, yw)
+                check_finite(loss, f"weight step, {where}")
+                grads = torch.autograd.grad(loss, weights, allow_unused=True)
                 for p, g in zip(weights, grads):
-                    p.grad = g
+                    p.grad = g  # None for operations the step did not run: SGD skips them
                 nn.utils.clip_grad_norm_(weights, cfg.grad_clip)
                 w_opt.step()
                 w_opt.zero_grad(set_to_none=True)
@@ -251,20 +266,40 @@ class DartsStrategy(OneShotStrategy):
                 raise ValueError("the training loaders yielded no batch")
             sched.step()
 
+            arch = self.derive(supernet)
             record: dict[str, Any] = {"epoch": epoch, "train_loss": loss_sum / n_seen, "weight_lr": lr,
-                                      "alphas": alpha_snapshot(supernet), "arch": derive_architecture(supernet)}
+                                      "alphas": alpha_snapshot(supernet), "arch": arch}
+            record.update(self._epoch_extras(supernet, arch))
             if val is not None:
-                record["val_accuracy"] = evaluate(supernet, val, device)
+                record["val_accuracy"] = self._evaluate(supernet, val, device)
             record["seconds"] = time.perf_counter() - start
             history.append(record)
-            _logger.info("darts epoch %d/%d  train_loss %.4f  val_acc %s  (%.1f s)", epoch + 1, cfg.epochs,
+            _logger.info("%s epoch %d/%d  train_loss %.4f  val_acc %s  (%.1f s)", self.name, epoch + 1, cfg.epochs,
                          record["train_loss"], f"{record['val_accuracy']:.4f}" if "val_accuracy" in record else "-",
                          record["seconds"])
             if on_epoch is not None:
                 on_epoch(epoch, record)
 
-        self.outcome = SearchOutcome(arch=derive_architecture(supernet), history=history, supernet=supernet)
+        self.outcome = SearchOutcome(arch=self.derive(supernet), history=history, supernet=supernet)
         return self.outcome
+
+    # Steps a subclass (another relaxation of the same bilevel problem) replaces.
+    name = "darts"
+
+    def _prepare(self, model_space: nn.Module, supernet: nn.Module, device: torch.device | str) -> None:
+        """Called once the supernet is built, before training."""
+
+    def _weight_loss(self, supernet: nn.Module, criterion, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return criterion(supernet(x), y)
+
+    def _evaluate(self, supernet: nn.Module, loader: Iterable, device: torch.device | str) -> float:
+        return evaluate(supernet, loader, device)
+
+    def _epoch_extras(self, supernet: nn.Module, arch: dict[str, Any]) -> dict[str, Any]:
+        return {}
+
+    def derive(self, supernet: nn.Module) -> dict[str, Any]:
+        return derive_architecture(supernet)
 
     def _arch_step(self, supernet, criterion, names, weights, alphas, w_opt, a_opt, batch_w, batch_a, lr, where):
         cfg = self.config

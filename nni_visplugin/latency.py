@@ -1,0 +1,265 @@
+"""Latency lookup tables, measured on the device the network will run on.
+
+Every candidate operation of every ``LayerChoice`` is timed at the input shape it sees in the
+space, at the deployment batch size: warm-up runs, then the median of repeated timings. The part of
+the network that no choice changes (stem, head, glue) is measured end to end on a few random
+architectures, minus their operations' entries. The predicted latency of an architecture is that
+fixed part plus its chosen operations; an edge of a cell counts only when the cell's ``InputChoice``
+keeps it.
+
+The file records the device, the torch version, the thread count, the batch size and every
+shape. :func:`load_or_measure` reuses it when they match this machine and rebuilds it otherwise.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+from nni.nas.nn.pytorch import InputChoice, LayerChoice
+
+from nni_visplugin.registry import SPACES
+from nni_visplugin.supernet import is_zero_op
+
+__all__ = ["cache_dir", "LatencyTable", "measure_table", "load_or_measure", "measure_model", "device_fingerprint", "TableMismatch"]
+
+_logger = logging.getLogger(__name__)
+FORMAT_VERSION = 1
+
+
+def cache_dir() -> Path:
+    """Where the plugin caches measurements: ``$XDG_CACHE_HOME/nni-visplugin`` (``~/.cache``)."""
+    import os
+
+    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "nni-visplugin"
+
+
+class TableMismatch(ValueError):
+    """A latency table does not describe this device or this space."""
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_fingerprint(device: torch.device | str) -> dict[str, Any]:
+    device = torch.device(device)
+    return {"device": device.type, "device_name": _device_name(device), "torch": torch.__version__,
+            "threads": torch.get_num_threads()}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def _time(fn, device: torch.device, warmup: int, repeats: int, inner: int = 5) -> float:
+    """Median over ``repeats`` of the mean time of ``inner`` calls, in milliseconds."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        _sync(device)
+        samples.append((time.perf_counter() - start) / inner * 1e3)
+    return statistics.median(samples)
+
+
+def measure_model(model: nn.Module, input_shape: tuple[int, int, int] | list[int], device: torch.device | str = "cpu",
+                  batch_size: int = 1, warmup: int = 10, repeats: int = 21) -> float:
+    """End-to-end latency of ``model`` in milliseconds (eval mode, no autograd)."""
+    device = torch.device(device)
+    model = model.to(device).eval()
+    x = torch.randn(batch_size, *input_shape, device=device)
+    return _time(lambda: model(x), device, warmup, repeats)
+
+
+@dataclass
+class LatencyTable:
+    meta: dict[str, Any]
+    entries: list[dict[str, Any]]  # path, label, shape, ms {choice: ms}, gate [input label, index] | None
+    fixed_ms: float = 0.0
+    calibration: list[dict[str, Any]] = field(default_factory=list)
+
+    def predict(self, arch: dict[str, Any]) -> float:
+        """Predicted latency (ms) of a discrete architecture."""
+        total = self.fixed_ms
+        for e in self.entries:
+            if e["gate"] is not None:
+                input_label, index = e["gate"]
+                if index not in arch[input_label]:
+                    continue
+            total += e["ms"][str(arch[e["label"]])]
+        return total
+
+    def expected(self, probs: dict[str, torch.Tensor], names: dict[str, list], gate_probs: dict[str, torch.Tensor],
+                 n_chosen: dict[str, int]) -> torch.Tensor:
+        """Expected latency under the architecture distribution, differentiable in ``probs``.
+
+        ``probs[label]`` is the distribution over ``names[label]``; an edge gated by an InputChoice
+        counts with ``min(1, n_chosen * q_index)``, ``q = gate_probs[input label]`` (the inclusion
+        probability when sampling without replacement, to first order).
+        """
+        device = next(iter(probs.values())).device
+        total = torch.tensor(self.fixed_ms, device=device)
+        for e in self.entries:
+            label = e["label"]
+            ms = torch.tensor([e["ms"][str(n)] for n in names[label]], device=device)
+            term = (probs[label] * ms).sum()
+            if e["gate"] is not None and e["gate"][0] in gate_probs:
+                input_label, index = e["gate"]
+                term = term * torch.clamp(n_chosen[input_label] * gate_probs[input_label][index], max=1.0)
+            total = total + term
+        return total
+
+    def save(self, path: str | Path) -> None:
+        from nni_visplugin.search import write_json
+
+        write_json(Path(path), {"format": FORMAT_VERSION, "meta": self.meta, "fixed_ms": self.fixed_ms,
+                                "calibration": self.calibration, "entries": self.entries})
+
+    @classmethod
+    def load(cls, path: str | Path) -> "LatencyTable":
+        try:
+            data = json.loads(Path(path).read_text())
+            if data.get("format") != FORMAT_VERSION:
+                raise TableMismatch(f"latency table {path} has format {data.get('format')}, expected {FORMAT_VERSION}")
+            return cls(meta=data["meta"], entries=data["entries"], fixed_ms=data["fixed_ms"],
+                       calibration=data.get("calibration", []))
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise TableMismatch(f"latency table {path} is unreadable: {exc}") from None
+
+
+def _choice_inputs(space: nn.Module, input_shape: tuple[int, ...]) -> list[tuple[str, LayerChoice, tuple[int, ...]]]:
+    """Each LayerChoice with the shape of its input, found by one dry-run forward."""
+    found: list[tuple[str, LayerChoice, tuple[int, ...]]] = []
+    hooks = []
+    for path, module in space.named_modules():
+        if isinstance(module, LayerChoice):
+            hooks.append(module.register_forward_pre_hook(
+                lambda m, args, path=path: found.append((path, m, tuple(args[0].shape[1:])))))
+    try:
+        with torch.no_grad():
+            space.eval()(torch.zeros(2, *input_shape))
+    finally:
+        for h in hooks:
+            h.remove()
+    return found
+
+
+def _gates(space: nn.Module) -> dict[str, tuple[str, int]]:
+    gates = {}
+    for module in space.modules():
+        if isinstance(module, InputChoice) and getattr(module, "edge_labels", None):
+            for j, edge in enumerate(module.edge_labels):
+                gates[edge] = (module.label, j)
+    return gates
+
+
+def measure_table(space_name: str, space_kwargs: dict[str, Any], device: torch.device | str = "cpu",
+                  batch_size: int = 1, warmup: int = 5, repeats: int = 11, calibration_archs: int = 3,
+                  seed: int = 0, progress: bool = True) -> LatencyTable:
+    """Time every candidate operation of ``space_name`` on ``device``; see the module docstring."""
+    from nni_visplugin.search import build_fixed_model
+
+    device = torch.device(device)
+    space = SPACES.create(space_name, **space_kwargs)
+    input_shape = (space_kwargs["in_channels"], space_kwargs["image_size"], space_kwargs["image_size"])
+    choices = _choice_inputs(space, input_shape)
+    gates = _gates(space)
+    entries = []
+    iterator = choices
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(choices, desc=f"latency table ({device.type})", unit="choice")
+    for path, choice, shape in iterator:
+        x = torch.randn(batch_size, *shape, device=device)
+        ms = {}
+        for name in choice.names:
+            op = choice[name]
+            if is_zero_op(op):
+                ms[str(name)] = 0.0
+                continue
+            op = op.to(device).eval()
+            ms[str(name)] = _time(lambda: op(x), device, warmup, repeats)
+        gate = gates.get(choice.label)
+        entries.append({"path": path, "label": choice.label, "shape": list(shape), "ms": ms,
+                        "gate": list(gate) if gate else None})
+    table = LatencyTable(meta={**device_fingerprint(device), "batch_size": batch_size, "space": space_name,
+                               "space_kwargs": dict(space_kwargs)}, entries=entries)
+
+    # The fixed part: measured end to end, minus the operations, on a few random architectures.
+    rng = np.random.RandomState(seed)
+    residuals = []
+    for _ in range(calibration_archs):
+        memo: dict[str, Any] = {}
+        space.random(memo=memo, random_state=rng)
+        model = build_fixed_model(space_name, space_kwargs, memo)
+        measured = measure_model(model, input_shape, device, batch_size, warmup, repeats)
+        residuals.append(measured - table.predict(memo))
+        table.calibration.append({"arch": memo, "measured_ms": measured})
+    table.fixed_ms = statistics.median(residuals)
+    return table
+
+
+def mismatch(table: LatencyTable, space_name: str, space_kwargs: dict[str, Any], device: torch.device | str,
+             batch_size: int, check_device: bool = True) -> str | None:
+    """Why ``table`` does not fit this search, or None when it does."""
+    meta = table.meta
+    if meta.get("space") != space_name or meta.get("space_kwargs") != json.loads(json.dumps(dict(space_kwargs))):
+        return f"it was measured for space {meta.get('space')} {meta.get('space_kwargs')}"
+    if meta.get("batch_size") != batch_size:
+        return f"it was measured at batch size {meta.get('batch_size')}, not {batch_size}"
+    if check_device:
+        here = device_fingerprint(device)
+        for key in ("device", "device_name", "torch", "threads"):
+            if meta.get(key) != here[key]:
+                return f"its {key} is {meta.get(key)!r}, this machine's is {here[key]!r}"
+    return None
+
+
+def load_or_measure(path: str | Path, space_name: str, space_kwargs: dict[str, Any], device: torch.device | str = "cpu",
+                    batch_size: int = 1, rebuild: str = "auto") -> LatencyTable:
+    """Reuse the table at ``path`` when it fits; otherwise measure it here and write it there.
+
+    ``rebuild='auto'`` rebuilds when the device, torch version, thread count, batch size or shapes
+    differ. ``rebuild='never'`` accepts a table measured on another device (to search for that
+    device), and fails if it does not describe this space.
+    """
+    if rebuild not in ("auto", "never"):
+        raise ValueError(f"latency_rebuild must be 'auto' or 'never', got {rebuild!r}")
+    path = Path(path).expanduser()
+    if path.exists():
+        table = LatencyTable.load(path)
+        reason = mismatch(table, space_name, space_kwargs, device, batch_size, check_device=(rebuild == "auto"))
+        if reason is None:
+            _logger.info("reusing latency table %s (%s, %s)", path, table.meta["device"], table.meta["device_name"])
+            return table
+        if rebuild == "never":
+            raise TableMismatch(f"latency table {path} does not fit this search: {reason}")
+        _logger.info("rebuilding latency table %s: %s", path, reason)
+    table = measure_table(space_name, space_kwargs, device, batch_size)
+    table.save(path)
+    _logger.info("latency table written to %s (fixed part %.3f ms)", path, table.fixed_ms)
+    return table
