@@ -40,6 +40,52 @@ def _cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_latency(args: argparse.Namespace) -> int:
+    from nni_visplugin.config import ConfigError, SearchConfig, parse_assignments
+    from nni_visplugin.latency import load_or_measure
+
+    overrides = parse_assignments(args.set)
+    bad = [k for k in overrides if not k.startswith("space.")]
+    if bad:
+        raise ConfigError(f"latency takes only space.<argument> settings, got {', '.join(bad)}")
+    config = SearchConfig.create({"space": args.space, **overrides})
+    if args.input_shape:
+        try:
+            c, h, w = (int(v) for v in args.input_shape.split(","))
+        except ValueError:
+            raise ConfigError(f"--input-shape expects C,H,W, got {args.input_shape!r}") from None
+        if h != w:
+            raise ConfigError("--input-shape: the spaces take square images")
+        data = {"in_channels": c, "image_size": h, "num_classes": args.num_classes}
+    else:
+        from nni_visplugin.data import load_dataset
+        from nni_visplugin.search import data_kwargs
+
+        data = data_kwargs(load_dataset(args.dataset, args.data_dir))
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("--device cuda: CUDA is not available on this machine")
+    kwargs = {**config.space_kwargs, **data}
+    table = load_or_measure(args.out, args.space, kwargs, args.device, args.batch_size,
+                            rebuild="auto")
+    print(f"{len(table.entries)} choices measured on {table.meta['device_name']} ({table.meta['device']}, "
+          f"{table.meta['threads']} threads, batch {table.meta['batch_size']}); fixed part {table.fixed_ms:.3f} ms")
+    fastest = table.fixed_ms + table.scale * sum(min(e["ms"].values()) for e in table.entries)
+    slowest = table.fixed_ms + table.scale * sum(max(e["ms"].values()) for e in table.entries)
+    print(f"networks of this space: {fastest:.3f} ms (fastest choices) to {slowest:.3f} ms (slowest), "
+          "ignoring edges a cell drops")
+    for cal in table.calibration:
+        print(f"  check: measured {cal['measured_ms']:.3f} ms, predicted {table.predict(cal['arch']):.3f} ms")
+    print(f"table: {args.out}")
+    return 0
+
+
 def _trial_results(experiment: str, root: Path) -> tuple[Path, list[dict[str, Any]]]:
     exp_dir = Path(experiment).expanduser()
     if not (exp_dir / "trials").is_dir():
@@ -85,6 +131,19 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--seed", type=int, default=None, help="random seed")
     search.add_argument("--out", required=True, help="output directory for arch.json, alphas.json, result.json")
     search.set_defaults(func=_cmd_search)
+
+    lat = sub.add_parser("latency", help="measure a latency lookup table for a space on this device")
+    lat.add_argument("--space", required=True, help="search space name")
+    lat.add_argument("--dataset", default="digits", help="take the input shape and classes from this dataset")
+    lat.add_argument("--data-dir", default=None)
+    lat.add_argument("--input-shape", default=None, help="C,H,W instead of a dataset (e.g. 3,224,224)")
+    lat.add_argument("--num-classes", type=int, default=10, help="with --input-shape")
+    lat.add_argument("--set", action="append", default=[], metavar="space.KEY=VALUE", help="space arguments")
+    lat.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    lat.add_argument("--batch-size", type=int, default=1, help="the deployment batch size")
+    lat.add_argument("--threads", type=int, default=0, help="CPU threads (0: PyTorch's default)")
+    lat.add_argument("--out", required=True, help="table file (reused when it matches this device)")
+    lat.set_defaults(func=_cmd_latency)
 
     best = sub.add_parser("best", help="rank an experiment's trials by the derived architecture's val accuracy")
     best.add_argument("experiment", help="experiment id, or the experiment directory")

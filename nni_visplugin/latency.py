@@ -7,6 +7,11 @@ architectures, minus their operations' entries. The predicted latency of an arch
 fixed part plus its chosen operations; an edge of a cell counts only when the cell's ``InputChoice``
 keeps it.
 
+Operations timed one by one and the same operations inside a network do not cost exactly the same
+(caches, allocator, call overhead), so the prediction is calibrated: ``fixed + scale * sum(ops)``,
+with ``fixed`` and ``scale`` fitted by least squares to end-to-end measurements of a few random
+architectures and of the fastest and the slowest one.
+
 The file records the device, the torch version, the thread count, the batch size and every
 shape. :func:`load_or_measure` reuses it when they match this machine and rebuilds it otherwise.
 """
@@ -32,7 +37,7 @@ from nni_visplugin.supernet import is_zero_op
 __all__ = ["cache_dir", "LatencyTable", "measure_table", "load_or_measure", "measure_model", "device_fingerprint", "TableMismatch"]
 
 _logger = logging.getLogger(__name__)
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 def cache_dir() -> Path:
@@ -99,11 +104,12 @@ class LatencyTable:
     meta: dict[str, Any]
     entries: list[dict[str, Any]]  # path, label, shape, ms {choice: ms}, gate [input label, index] | None
     fixed_ms: float = 0.0
+    scale: float = 1.0
     calibration: list[dict[str, Any]] = field(default_factory=list)
 
-    def predict(self, arch: dict[str, Any]) -> float:
-        """Predicted latency (ms) of a discrete architecture."""
-        total = self.fixed_ms
+    def ops_ms(self, arch: dict[str, Any]) -> float:
+        """Sum of the table entries of the operations ``arch`` runs."""
+        total = 0.0
         for e in self.entries:
             if e["gate"] is not None:
                 input_label, index = e["gate"]
@@ -111,6 +117,10 @@ class LatencyTable:
                     continue
             total += e["ms"][str(arch[e["label"]])]
         return total
+
+    def predict(self, arch: dict[str, Any]) -> float:
+        """Predicted latency (ms) of a discrete architecture."""
+        return self.fixed_ms + self.scale * self.ops_ms(arch)
 
     def expected(self, probs: dict[str, torch.Tensor], names: dict[str, list], gate_probs: dict[str, torch.Tensor],
                  n_chosen: dict[str, int]) -> torch.Tensor:
@@ -121,7 +131,7 @@ class LatencyTable:
         probability when sampling without replacement, to first order).
         """
         device = next(iter(probs.values())).device
-        total = torch.tensor(self.fixed_ms, device=device)
+        total = torch.tensor(0.0, device=device)
         for e in self.entries:
             label = e["label"]
             ms = torch.tensor([e["ms"][str(n)] for n in names[label]], device=device)
@@ -130,13 +140,13 @@ class LatencyTable:
                 input_label, index = e["gate"]
                 term = term * torch.clamp(n_chosen[input_label] * gate_probs[input_label][index], max=1.0)
             total = total + term
-        return total
+        return self.fixed_ms + self.scale * total
 
     def save(self, path: str | Path) -> None:
         from nni_visplugin.search import write_json
 
         write_json(Path(path), {"format": FORMAT_VERSION, "meta": self.meta, "fixed_ms": self.fixed_ms,
-                                "calibration": self.calibration, "entries": self.entries})
+                                "scale": self.scale, "calibration": self.calibration, "entries": self.entries})
 
     @classmethod
     def load(cls, path: str | Path) -> "LatencyTable":
@@ -144,7 +154,7 @@ class LatencyTable:
             data = json.loads(Path(path).read_text())
             if data.get("format") != FORMAT_VERSION:
                 raise TableMismatch(f"latency table {path} has format {data.get('format')}, expected {FORMAT_VERSION}")
-            return cls(meta=data["meta"], entries=data["entries"], fixed_ms=data["fixed_ms"],
+            return cls(meta=data["meta"], entries=data["entries"], fixed_ms=data["fixed_ms"], scale=data["scale"],
                        calibration=data.get("calibration", []))
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
             raise TableMismatch(f"latency table {path} is unreadable: {exc}") from None
@@ -177,7 +187,7 @@ def _gates(space: nn.Module) -> dict[str, tuple[str, int]]:
 
 
 def measure_table(space_name: str, space_kwargs: dict[str, Any], device: torch.device | str = "cpu",
-                  batch_size: int = 1, warmup: int = 5, repeats: int = 11, calibration_archs: int = 3,
+                  batch_size: int = 1, warmup: int = 5, repeats: int = 11, calibration_archs: int = 6,
                   seed: int = 0, progress: bool = True) -> LatencyTable:
     """Time every candidate operation of ``space_name`` on ``device``; see the module docstring."""
     from nni_visplugin.search import build_fixed_model
@@ -209,18 +219,37 @@ def measure_table(space_name: str, space_kwargs: dict[str, Any], device: torch.d
     table = LatencyTable(meta={**device_fingerprint(device), "batch_size": batch_size, "space": space_name,
                                "space_kwargs": dict(space_kwargs)}, entries=entries)
 
-    # The fixed part: measured end to end, minus the operations, on a few random architectures.
+    # Calibration: end-to-end measurements of random architectures and of the two extremes.
     rng = np.random.RandomState(seed)
-    residuals = []
+    archs = []
     for _ in range(calibration_archs):
         memo: dict[str, Any] = {}
         space.random(memo=memo, random_state=rng)
-        model = build_fixed_model(space_name, space_kwargs, memo)
-        measured = measure_model(model, input_shape, device, batch_size, warmup, repeats)
-        residuals.append(measured - table.predict(memo))
-        table.calibration.append({"arch": memo, "measured_ms": measured})
-    table.fixed_ms = statistics.median(residuals)
+        archs.append(memo)
+    for pick in (min, max):
+        extreme = dict(archs[0])
+        for e in entries:
+            if e["gate"] is None:
+                extreme[e["label"]] = pick(e["ms"], key=e["ms"].get)
+        archs.append(extreme)
+    ops, measured = [], []
+    for arch in archs:
+        model = build_fixed_model(space_name, space_kwargs, arch)
+        ms = measure_model(model, input_shape, device, batch_size, warmup, repeats)
+        ops.append(table.ops_ms(arch))
+        measured.append(ms)
+        table.calibration.append({"arch": arch, "measured_ms": ms})
+    table.fixed_ms, table.scale = _fit(np.asarray(ops), np.asarray(measured))
     return table
+
+
+def _fit(ops: np.ndarray, measured: np.ndarray) -> tuple[float, float]:
+    """Least-squares ``measured = fixed + scale * ops``, the scale kept in [0.5, 2]."""
+    if np.ptp(ops) > 1e-9:
+        scale, fixed = np.polyfit(ops, measured, 1)
+        if 0.5 <= scale <= 2.0 and fixed >= 0:
+            return float(fixed), float(scale)
+    return float(max(np.median(measured - ops), 0.0)), 1.0
 
 
 def mismatch(table: LatencyTable, space_name: str, space_kwargs: dict[str, Any], device: torch.device | str,

@@ -4,7 +4,7 @@ Each ``LayerChoice`` becomes a :class:`BinaryGateOp` that runs only sampled path
 
 - weight step: one path per choice, drawn from ``p = softmax(alpha)``;
 - architecture step (section 3.2.1): two paths drawn from ``p``, one of them active (drawn from
-  ``p`` renormalised over the two). The output is ``sum_k g_k o_k`` with binary gates ``g``, and
+  ``p`` renormalised over the two); the inactive one runs without autograd, since its gate is 0. The output is ``sum_k g_k o_k`` with binary gates ``g``, and
   ``dL/dalpha_i = sum_j dL/dg_j p'_j (delta_ij - p'_i)`` over the two sampled paths, ``p'`` being
   ``p`` renormalised over them. After the update, the two sampled alphas are shifted so that the
   total probability of the two paths is unchanged, as in the paper.
@@ -113,7 +113,16 @@ class BinaryGateOp(ChoiceModule):
         hard = torch.zeros_like(p)
         hard[active] = 1.0
         gates = hard + p - p.detach()  # value: the binary gate; gradient: through p'
-        return gates[0] * self.candidates[i](x) + gates[1] * self.candidates[j](x)
+        outs = []
+        for k, idx in enumerate((i, j)):
+            if k == active:
+                outs.append(self.candidates[idx](x))
+            else:
+                # Its gate is 0: nothing flows back into this path, only <dL/dout, o> reaches alpha.
+                # No graph is kept for it, so the step holds its output alone, not its activations.
+                with torch.no_grad():
+                    outs.append(self.candidates[idx](x))
+        return gates[0] * outs[0] + gates[1] * outs[1]
 
 
 class BinaryGateInput(ChoiceModule):
