@@ -91,12 +91,13 @@ def _time(fn, device: torch.device, warmup: int, repeats: int, inner: int = 5) -
 
 
 def measure_model(model: nn.Module, input_shape: tuple[int, int, int] | list[int], device: torch.device | str = "cpu",
-                  batch_size: int = 1, warmup: int = 10, repeats: int = 21) -> float:
-    """End-to-end latency of ``model`` in milliseconds (eval mode, no autograd)."""
+                  batch_size: int = 1, warmup: int = 10, repeats: int = 21, rounds: int = 1) -> float:
+    """End-to-end latency of ``model`` in milliseconds (eval mode, no autograd); with ``rounds`` > 1,
+    the median of that many measurements."""
     device = torch.device(device)
     model = model.to(device).eval()
     x = torch.randn(batch_size, *input_shape, device=device)
-    return _time(lambda: model(x), device, warmup, repeats)
+    return statistics.median(_time(lambda: model(x), device, warmup, repeats) for _ in range(rounds))
 
 
 @dataclass
@@ -188,7 +189,7 @@ def _gates(space: nn.Module) -> dict[str, tuple[str, int]]:
 
 def measure_table(space_name: str, space_kwargs: dict[str, Any], device: torch.device | str = "cpu",
                   batch_size: int = 1, warmup: int = 5, repeats: int = 11, calibration_archs: int = 6,
-                  seed: int = 0, progress: bool = True) -> LatencyTable:
+                  seed: int = 0, progress: bool = True, rounds: int = 3) -> LatencyTable:
     """Time every candidate operation of ``space_name`` on ``device``; see the module docstring."""
     from nni_visplugin.search import build_fixed_model
 
@@ -198,23 +199,29 @@ def measure_table(space_name: str, space_kwargs: dict[str, Any], device: torch.d
     choices = _choice_inputs(space, input_shape)
     gates = _gates(space)
     entries = []
-    iterator = choices
+    # Shared machines have slow phases lasting seconds: every timing is repeated in `rounds` passes
+    # spread over the whole measurement, and the median across passes is kept.
+    samples: dict[tuple[int, str], list[float]] = {}
+    ops = []
+    for path, choice, shape in choices:
+        x = torch.randn(batch_size, *shape, device=device)
+        ops.append([(str(name), choice[name].to(device).eval(), x) for name in choice.names])
+    passes = range(rounds)
     if progress:
         from tqdm import tqdm
 
-        iterator = tqdm(choices, desc=f"latency table ({device.type})", unit="choice")
-    for path, choice, shape in iterator:
-        x = torch.randn(batch_size, *shape, device=device)
-        ms = {}
-        for name in choice.names:
-            op = choice[name]
-            if is_zero_op(op):
-                ms[str(name)] = 0.0
-                continue
-            op = op.to(device).eval()
-            ms[str(name)] = _time(lambda: op(x), device, warmup, repeats)
+        passes = tqdm(passes, desc=f"latency table ({device.type}, {len(choices)} choices)", unit="pass")
+    for _ in passes:
+        for k, candidates in enumerate(ops):
+            for name, op, x in candidates:
+                if is_zero_op(op):
+                    samples.setdefault((k, name), []).append(0.0)
+                else:
+                    samples.setdefault((k, name), []).append(_time(lambda: op(x), device, warmup, repeats))
+    for k, (path, choice, shape) in enumerate(choices):
         gate = gates.get(choice.label)
-        entries.append({"path": path, "label": choice.label, "shape": list(shape), "ms": ms,
+        entries.append({"path": path, "label": choice.label, "shape": list(shape),
+                        "ms": {str(n): statistics.median(samples[(k, str(n))]) for n in choice.names},
                         "gate": list(gate) if gate else None})
     table = LatencyTable(meta={**device_fingerprint(device), "batch_size": batch_size, "space": space_name,
                                "space_kwargs": dict(space_kwargs)}, entries=entries)
@@ -232,14 +239,13 @@ def measure_table(space_name: str, space_kwargs: dict[str, Any], device: torch.d
             if e["gate"] is None:
                 extreme[e["label"]] = pick(e["ms"], key=e["ms"].get)
         archs.append(extreme)
-    ops, measured = [], []
-    for arch in archs:
-        model = build_fixed_model(space_name, space_kwargs, arch)
-        ms = measure_model(model, input_shape, device, batch_size, warmup, repeats)
-        ops.append(table.ops_ms(arch))
-        measured.append(ms)
+    models = [build_fixed_model(space_name, space_kwargs, arch) for arch in archs]
+    timings = [[measure_model(m, input_shape, device, batch_size, warmup, repeats) for m in models]
+               for _ in range(rounds)]
+    measured = [statistics.median(t[i] for t in timings) for i in range(len(archs))]
+    for arch, ms in zip(archs, measured):
         table.calibration.append({"arch": arch, "measured_ms": ms})
-    table.fixed_ms, table.scale = _fit(np.asarray(ops), np.asarray(measured))
+    table.fixed_ms, table.scale = _fit(np.asarray([table.ops_ms(a) for a in archs]), np.asarray(measured))
     return table
 
 

@@ -203,7 +203,8 @@ def _latency_report(outcome: Any, space: str, search_kwargs: dict[str, Any], spl
 
     predicted = table.predict(outcome.arch)
     batch = table.meta["batch_size"]
-    measured = measure_model(build_fixed_model(space, search_kwargs, outcome.arch), splits.input_shape, device, batch)
+    measured = measure_model(build_fixed_model(space, search_kwargs, outcome.arch), splits.input_shape, device, batch,
+                             rounds=3)
     _logger.info("latency of the derived network: predicted %.3f ms, measured %.3f ms (batch %d, %s)",
                  predicted, measured, batch, table.meta["device_name"])
     return {"latency_predicted_ms": predicted, "latency_measured_ms": measured,

@@ -18,7 +18,7 @@ def _has_choices(model: torch.nn.Module) -> bool:
 
 
 @pytest.mark.parametrize("name", list_spaces())
-@pytest.mark.parametrize("shape", [(1, 8), (3, 28)])
+@pytest.mark.parametrize("shape", [(1, 8), (3, 28), (3, 224)])
 def test_space_builds_forwards_and_freezes(name, shape):
     channels, size = shape
     space = tiny_space(name, in_channels=channels, image_size=size, num_classes=5)

@@ -147,3 +147,43 @@ def test_nas_experiment_runs_the_plugin_strategy(tmp_path):
     assert set(out["arch"]) == {"cell0", "cell1"}
     assert out["arch"] == out["outcome"]
     assert len(out["history"]) == 1 and "val_accuracy" in out["history"][0]
+
+
+@pytest.fixture(scope="module")
+def proxyless_experiment(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("nni_proxyless")
+    config = yaml.safe_load((REPO / "experiments" / "proxyless.yml").read_text())
+    config["maxTrialNumber"] = 2
+    config["maxExperimentDuration"] = "6m"
+    config["trialCodeDirectory"] = str(REPO / "experiments")
+    config["tuner"] = {**config["tuner"], "codeDirectory": str(REPO / "experiments")}
+    config["trialCommand"] = (config["trialCommand"].replace("epochs=20", "epochs=2").replace("final_epochs=15", "final_epochs=1")
+                              + " --set space.widths=[8,16] --set space.depths=[1,2] --set space.head_width=16"
+                              + " --set max_train_samples=300")
+    return run_experiment(tmp, config, timeout=360)
+
+
+def test_shipped_proxyless_config_is_valid():
+    config = yaml.safe_load((REPO / "experiments" / "proxyless.yml").read_text())
+    assert "latency_beta" in config["searchSpace"] or "latency_target_ms" in config["searchSpace"]
+    tuner = OptunaTuner(**config["tuner"]["classArgs"])
+    tuner.update_search_space(config["searchSpace"])
+    base = SearchConfig.create({"space": "proxyless_mobile", "strategy": "proxyless", "latency_loss": "mul",
+                                "latency_target_ms": 1.8})
+    for i in range(5):
+        SearchConfig.create(tuner.generate_parameters(i), base=base)
+
+
+def test_proxyless_experiment_reports_accuracy_and_latency(proxyless_experiment):
+    assert proxyless_experiment["status"] == "DONE", proxyless_experiment
+    trials = proxyless_experiment["trials"]
+    assert len(trials) == 2 and all(t["status"] == "SUCCEEDED" for t in trials)
+    finals = [json.loads(json.loads(m["data"])) if isinstance(json.loads(m["data"]), str) else json.loads(m["data"])
+              for m in proxyless_experiment["metrics"] if m["type"] == "FINAL"]
+    assert len(finals) == 2
+    for final in finals:
+        assert 0.0 <= final["default"] <= 1.0  # the accuracy is the result NNI ranks by
+        assert final["latency_predicted_ms"] > 0 and final["latency_measured_ms"] > 0
+    for d in Path(proxyless_experiment["experiment_dir"]).glob("**/trials/*/result.json"):
+        result = json.loads(d.read_text())
+        assert result["strategy"] == "proxyless" and result["latency_error"] >= 0
