@@ -56,12 +56,15 @@ def main() -> None:
         models = [build_fixed_model(args.space, kwargs, a) for a in archs]
         # Three passes over all networks, median per network: the table's own protocol.
         passes = [[measure_model(m, (c, h, w), "cpu", args.batch_size) for m in models] for _ in range(3)]
-        errors = []
+        signed = []
         for i, arch in enumerate(archs):
             measured = statistics.median(p_[i] for p_ in passes)
-            errors.append(abs(table.predict(arch) - measured) / measured)
-        rows.append({"seed": seed, "mape": statistics.mean(errors), "max_ape": max(errors), "table_seconds": table_s})
-        print(f"seed {seed}: MAPE {100 * rows[-1]['mape']:.1f}%  (max {100 * rows[-1]['max_ape']:.1f}%, "
+            signed.append((table.predict(arch) - measured) / measured)
+        errors = [abs(e) for e in signed]
+        rows.append({"seed": seed, "mape": statistics.mean(errors), "max_ape": max(errors),
+                     "bias": statistics.mean(signed), "table_seconds": table_s})
+        print(f"seed {seed}: MAPE {100 * rows[-1]['mape']:.1f}%  bias {100 * rows[-1]['bias']:+.1f}%  "
+              f"(max {100 * rows[-1]['max_ape']:.1f}%, "
               f"{args.archs} archs, table built in {table_s:.1f} s)")
     mapes = [r["mape"] for r in rows]
     summary = {"space": args.space, "space_kwargs": kwargs, "batch_size": args.batch_size, **device_fingerprint("cpu"),

@@ -224,7 +224,16 @@ class ProxylessStrategy(DartsStrategy):
     # ---------------------------------------------------------------- latency
     def _prepare(self, model_space: nn.Module, supernet: nn.Module, device) -> None:
         cfg = self.config
-        self._space_name = SPACES.name_of(type(model_space))
+        try:
+            self._space_name = SPACES.name_of(type(model_space))
+        except KeyError:
+            if cfg.latency_loss != "none":
+                raise ValueError(f"a latency loss needs a lookup table, which is measured for registered spaces; "
+                                 f"register {type(model_space).__name__} with nni_visplugin.register_space") from None
+            _logger.warning("%s is not a registered space: searching without a latency table",
+                            type(model_space).__name__)
+            self.latency_table = None
+            return
         kwargs = json.loads(json.dumps(dict(getattr(model_space, "trace_kwargs", {}))))
         path = cfg.latency_table or str(self.default_table_path(self._space_name, kwargs, device))
         self.latency_table = load_or_measure(path, self._space_name, kwargs, device, cfg.latency_batch_size,
@@ -283,6 +292,8 @@ class ProxylessStrategy(DartsStrategy):
         return evaluate(supernet, loader, device)
 
     def _epoch_extras(self, supernet, arch):
+        if self.latency_table is None:
+            return {}
         with torch.no_grad():
             expected = float(self.expected_latency(supernet))
         return {"latency_expected_ms": expected, "latency_predicted_ms": self.latency_table.predict(arch)}
