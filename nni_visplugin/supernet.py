@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from nni.nas.nn.pytorch import InputChoice, LayerChoice
 
-__all__ = ["ChoiceModule", "choice_modules", "MixedOp", "MixedInput", "mixed_op_hook", "mixed_input_hook", "arch_parameters", "derive_architecture",
+__all__ = ["reject_unsupported_hook", "ChoiceModule", "choice_modules", "MixedOp", "MixedInput", "mixed_op_hook", "mixed_input_hook", "arch_parameters", "derive_architecture",
            "alpha_snapshot", "is_zero_op"]
 
 
@@ -117,6 +117,18 @@ def mixed_input_hook(module: nn.Module, name: str, memo: dict[str, Any], mutate_
     n_chosen = module.n_chosen if module.n_chosen is not None else 1
     alpha = None if edge_labels else memo.setdefault(module.label, _new_alpha(module.n_candidates))
     return MixedInput(module.label, module.n_candidates, n_chosen, module.reduction, alpha, edge_labels)
+
+
+def reject_unsupported_hook(module: nn.Module, name: str, memo: dict[str, Any], mutate_kwargs: dict[str, Any]):
+    """NNI mutation hook: refuse NNI's ``Cell`` and ``Repeat``, whose forward the relaxations here
+    do not follow (a ``Cell`` applies its operations to inputs it picks itself); write such spaces
+    with plain ``LayerChoice`` / ``InputChoice``, as ``darts_cell`` does."""
+    from nni.nas.nn.pytorch import Cell, Repeat
+
+    if isinstance(module, (Cell, Repeat)):
+        raise TypeError(f"module {name!r} is an NNI {type(module).__name__}, which nni_visplugin strategies do not "
+                        "relax; build the space from LayerChoice / InputChoice (see the darts_cell space)")
+    return None
 
 
 def _choices(supernet: nn.Module) -> tuple[dict[str, MixedOp], dict[str, MixedInput]]:

@@ -61,3 +61,13 @@ def test_invalid_architecture_is_refused_with_the_label():
         validate_arch("seed_cells", kwargs, {"cell0": "conv_3x3"})
     with pytest.raises(ValueError, match="not in space"):
         validate_arch("seed_cells", kwargs, {"cell0": "conv_3x3", "cell1": "conv_3x3", "extra": 1})
+
+
+@pytest.mark.parametrize("strategy", list_strategies())
+def test_unsupported_nni_modules_fail_loudly(strategy):
+    """NNI's own Cell-based DARTS space is refused with a message, not searched wrongly."""
+    from nni.nas.hub.pytorch import DARTS as NNIDarts
+
+    space = NNIDarts(width=4, num_cells=3, dataset="cifar")
+    with pytest.raises(TypeError, match="do not relax"):
+        create_strategy(strategy, epochs=1).build_supernet(space)

@@ -28,7 +28,8 @@ from nni.nas.oneshot.pytorch.strategy import OneShotStrategy, no_default_hook
 from nni.nas.space import RawFormatModelSpace
 
 from nni_visplugin.registry import register_strategy
-from nni_visplugin.supernet import alpha_snapshot, arch_parameters, derive_architecture, mixed_input_hook, mixed_op_hook
+from nni_visplugin.supernet import (alpha_snapshot, arch_parameters, derive_architecture, mixed_input_hook, mixed_op_hook,
+                                    reject_unsupported_hook)
 from nni_visplugin.training import check_finite, evaluate
 
 __all__ = ["OneShotConfig", "DartsConfig", "DartsStrategy", "SearchOutcome", "unrolled_arch_gradient"]
@@ -211,7 +212,7 @@ class DartsStrategy(OneShotStrategy):
         return ", ".join(f"{k}={v}" for k, v in asdict(self.config).items())
 
     def default_mutation_hooks(self):
-        return [mixed_op_hook, mixed_input_hook, no_default_hook]
+        return [reject_unsupported_hook, mixed_op_hook, mixed_input_hook, no_default_hook]
 
     def build_supernet(self, model_space: nn.Module) -> nn.Module:
         """A relaxed copy of ``model_space``; the space itself is left untouched for ``freeze``."""

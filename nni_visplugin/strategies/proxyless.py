@@ -34,7 +34,7 @@ from nni.nas.oneshot.pytorch.strategy import no_default_hook
 from nni_visplugin.latency import LatencyTable, cache_dir, device_fingerprint, load_or_measure
 from nni_visplugin.registry import SPACES, register_strategy
 from nni_visplugin.strategies.darts import DartsStrategy, OneShotConfig, SearchOutcome
-from nni_visplugin.supernet import ChoiceModule, choice_modules, is_zero_op
+from nni_visplugin.supernet import ChoiceModule, choice_modules, is_zero_op, reject_unsupported_hook
 from nni_visplugin.training import check_finite, evaluate
 
 __all__ = ["ProxylessConfig", "ProxylessStrategy", "BinaryGateOp", "BinaryGateInput"]
@@ -167,7 +167,7 @@ class ProxylessStrategy(DartsStrategy):
 
     # ---------------------------------------------------------------- supernet
     def default_mutation_hooks(self):
-        return [self._op_hook, self._input_hook, no_default_hook]
+        return [reject_unsupported_hook, self._op_hook, self._input_hook, no_default_hook]
 
     def _op_hook(self, module, name, memo, kwargs):
         if not isinstance(module, LayerChoice):
