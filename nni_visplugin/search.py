@@ -136,17 +136,17 @@ def run_search(config: SearchConfig, out_dir: str | os.PathLike, *,
     val = TensorLoader(*splits.val, batch_size=256)
 
     alphas_path = out / "alphas.json"
-    history: list[dict[str, Any]] = []
 
     def collect(epoch: int, record: dict[str, Any]) -> None:
         # Written every epoch: a search cut short still leaves its alpha history behind.
-        history.append(_history_entry(record))
-        write_json(alphas_path, history)
+        # The strategy's history includes the epochs of an interrupted run it resumed from.
+        write_json(alphas_path, [_history_entry(r) for r in strategy.history])
         if on_epoch is not None:
             on_epoch(epoch, record)
 
     search_start = time.time()
-    outcome = strategy.search(space, train_w, train_a, val, device=device, on_epoch=collect)
+    outcome = strategy.search(space, train_w, train_a, val, device=device, on_epoch=collect,
+                              checkpoint_dir=out / "checkpoints")
     search_seconds = time.time() - search_start
     write_json(out / "arch.json", outcome.arch)
 

@@ -45,7 +45,7 @@ class MixedOp(ChoiceModule):
         super().__init__()
         if alpha.numel() != len(candidates):
             raise ValueError(f"label {label!r} is shared by choices with {alpha.numel()} and {len(candidates)} candidates")
-        self.label = label
+        self.label = str(label)  # NNI labels are a str subclass that weights_only loading refuses
         self.names = list(names)
         self.candidates = nn.ModuleList(candidates)
         self.alpha = alpha
@@ -81,13 +81,13 @@ class MixedInput(ChoiceModule):
         super().__init__()
         if reduction not in ("sum", "mean"):
             raise TypeError(f"InputChoice {label!r} with reduction={reduction!r} cannot be relaxed; use 'sum' or 'mean'")
-        self.label = label
+        self.label = str(label)  # NNI labels are a str subclass that weights_only loading refuses
         self.names = list(range(n_candidates))
         self.n_candidates = n_candidates
         self.n_chosen = n_chosen
         self.reduction = reduction
         self.alpha = alpha
-        self.edge_labels = list(edge_labels) if edge_labels else None
+        self.edge_labels = [str(e) for e in edge_labels] if edge_labels else None
 
     def forward(self, inputs: list[torch.Tensor]) -> torch.Tensor:
         if len(inputs) != self.n_candidates:

@@ -16,6 +16,7 @@ import copy
 import logging
 import math
 import time
+from pathlib import Path
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -27,6 +28,7 @@ from torch.func import functional_call
 from nni.nas.oneshot.pytorch.strategy import OneShotStrategy, no_default_hook
 from nni.nas.space import RawFormatModelSpace
 
+from nni_visplugin.checkpoint import CheckpointError, SearchCheckpoints, rng_state, set_rng_state
 from nni_visplugin.registry import register_strategy
 from nni_visplugin.supernet import (alpha_snapshot, arch_parameters, derive_architecture, mixed_input_hook, mixed_op_hook,
                                     reject_unsupported_hook)
@@ -207,6 +209,7 @@ class DartsStrategy(OneShotStrategy):
                             f"it takes: {', '.join(known)}")
         self.config = self.config_class(**kwargs)
         self.outcome: SearchOutcome | None = None
+        self.history: list[dict[str, Any]] = []
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in asdict(self.config).items())
@@ -221,11 +224,15 @@ class DartsStrategy(OneShotStrategy):
     # ----------------------------------------------------------------- the search
     def search(self, model_space: nn.Module, train_w: Iterable, train_a: Iterable, val: Iterable | None = None, *,
                device: torch.device | str = "cpu",
-               on_epoch: Callable[[int, dict[str, Any]], None] | None = None) -> SearchOutcome:
+               on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
+               checkpoint_dir: str | Path | None = None) -> SearchOutcome:
         """Run the bilevel optimisation and derive the architecture.
 
         ``train_w`` feeds the weight steps, ``train_a`` the architecture steps; ``val`` (optional) is
         evaluated after every epoch. ``on_epoch(epoch, record)`` receives each history record.
+        With ``checkpoint_dir``, a checkpoint is written after every epoch and a search started
+        again with the same directory resumes after its last complete epoch (``self.history``
+        then already holds the earlier epochs).
         """
         cfg = self.config
         supernet = self.build_supernet(model_space).to(device)
@@ -239,8 +246,31 @@ class DartsStrategy(OneShotStrategy):
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(w_opt, T_max=cfg.epochs, eta_min=cfg.weight_lr_min)
         criterion = nn.CrossEntropyLoss()
         history: list[dict[str, Any]] = []
+        self.history = history
+        checkpoints = SearchCheckpoints(checkpoint_dir) if checkpoint_dir is not None else None
+        first_epoch = 0
+        fingerprint = {"strategy": type(self).__name__, "config": asdict(self.config),
+                       "space": type(model_space).__name__,
+                       "space_kwargs": repr(sorted(getattr(model_space, "trace_kwargs", {}).items()))}
+        loaders = (train_w, train_a)
+        if checkpoints is not None and (found := checkpoints.load_latest()) is not None:
+            path, state = found
+            if state.get("fingerprint") != fingerprint:
+                raise CheckpointError(f"checkpoint {path} was written by a different search "
+                                      f"({state.get('fingerprint')}); use another output directory")
+            supernet.load_state_dict(state["supernet"])
+            w_opt.load_state_dict(state["w_opt"])
+            a_opt.load_state_dict(state["a_opt"])
+            sched.load_state_dict(state["sched"])
+            history.extend(state["history"])
+            set_rng_state(state["rng"])
+            for loader, loader_state in zip(loaders, state["loaders"]):
+                if loader_state is not None:
+                    loader.load_state_dict(loader_state)
+            first_epoch = state["epoch"] + 1
+            _logger.info("resuming from %s: epochs 1-%d done", path, first_epoch)
 
-        for epoch in range(cfg.epochs):
+        for epoch in range(first_epoch, cfg.epochs):
             start = time.perf_counter()
             supernet.train()
             lr = w_opt.param_groups[0]["lr"]
@@ -278,6 +308,12 @@ class DartsStrategy(OneShotStrategy):
             _logger.info("%s epoch %d/%d  train_loss %.4f  val_acc %s  (%.1f s)", self.name, epoch + 1, cfg.epochs,
                          record["train_loss"], f"{record['val_accuracy']:.4f}" if "val_accuracy" in record else "-",
                          record["seconds"])
+            if checkpoints is not None:
+                checkpoints.save(epoch, {
+                    "fingerprint": fingerprint, "supernet": supernet.state_dict(), "w_opt": w_opt.state_dict(),
+                    "a_opt": a_opt.state_dict(), "sched": sched.state_dict(), "history": history,
+                    "rng": rng_state(),
+                    "loaders": [ld.state_dict() if hasattr(ld, "state_dict") else None for ld in loaders]})
             if on_epoch is not None:
                 on_epoch(epoch, record)
 

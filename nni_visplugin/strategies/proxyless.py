@@ -94,7 +94,7 @@ class _Sampler:
 class BinaryGateOp(ChoiceModule):
     def __init__(self, label: str, names: list, candidates: list[nn.Module], alpha: nn.Parameter, sampler: _Sampler):
         super().__init__()
-        self.label, self.names, self.alpha = label, list(names), alpha
+        self.label, self.names, self.alpha = str(label), list(names), alpha
         self.candidates = nn.ModuleList(candidates)
         self.zero = [is_zero_op(c) for c in candidates]
         self._sampler = [sampler]  # a list: keeps it out of the module tree
@@ -131,7 +131,7 @@ class BinaryGateInput(ChoiceModule):
         super().__init__()
         if reduction not in ("sum", "mean"):
             raise TypeError(f"InputChoice {label!r} with reduction={reduction!r} is not supported; use 'sum' or 'mean'")
-        self.label, self.names, self.alpha = label, list(range(n_candidates)), alpha
+        self.label, self.names, self.alpha = str(label), list(range(n_candidates)), alpha
         self.n_candidates, self.n_chosen, self.reduction = n_candidates, n_chosen, reduction
         self._sampler = [sampler]
 
@@ -180,7 +180,7 @@ class ProxylessStrategy(DartsStrategy):
         if not isinstance(module, InputChoice):
             return None
         for j, edge in enumerate(getattr(module, "edge_labels", None) or []):
-            self._sampler.gates[edge] = (module.label, j)
+            self._sampler.gates[str(edge)] = (str(module.label), j)
         alpha = memo.setdefault(module.label, _new_alpha(module.n_candidates))
         return BinaryGateInput(module.label, module.n_candidates, module.n_chosen or 1, module.reduction, alpha,
                                self._sampler)

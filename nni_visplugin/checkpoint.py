@@ -1,0 +1,83 @@
+"""Per-epoch search checkpoints: written atomically, read back with ``weights_only=True``.
+
+A search killed at any moment restarts from its last complete epoch. A truncated or corrupt
+checkpoint is skipped for the one before it, with a warning naming the file; when checkpoints exist
+but none can be read, the search stops with an error naming them instead of silently starting over.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["CheckpointError", "SearchCheckpoints", "rng_state", "set_rng_state"]
+
+_logger = logging.getLogger(__name__)
+
+
+class CheckpointError(RuntimeError):
+    """Checkpoints exist but cannot be used; the message names them."""
+
+
+def rng_state() -> dict[str, Any]:
+    """Every global random generator's state, in types ``torch.load(weights_only=True)`` accepts."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss,
+                                                      cached), "python": random.getstate()}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+class SearchCheckpoints:
+    """``<directory>/epoch-NNNN.pt``, the newest ``keep`` of them."""
+
+    def __init__(self, directory: str | os.PathLike, keep: int = 2):
+        self.directory = Path(directory)
+        self.keep = keep
+
+    def files(self) -> list[Path]:
+        return sorted(self.directory.glob("epoch-*.pt"))
+
+    def save(self, epoch: int, state: dict[str, Any]) -> Path:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / f"epoch-{epoch:04d}.pt"
+        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".epoch-", suffix=".tmp")
+        os.close(fd)
+        try:
+            torch.save({**state, "epoch": epoch}, tmp)
+            os.replace(tmp, path)  # a reader sees the old set or the new file, never half of one
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        for old in self.files()[: -self.keep]:
+            old.unlink(missing_ok=True)
+        return path
+
+    def load_latest(self) -> tuple[Path, dict[str, Any]] | None:
+        files = self.files()
+        if not files:
+            return None
+        failures = []
+        for path in reversed(files):
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True)
+                if not isinstance(state, dict) or "epoch" not in state:
+                    raise ValueError("not a search checkpoint")
+                return path, state
+            except Exception as exc:  # truncated, corrupt, or not ours: try the previous one
+                _logger.warning("checkpoint %s is unreadable (%s); trying the previous one", path, exc)
+                failures.append(f"{path} ({exc})")
+        raise CheckpointError("no readable checkpoint among: " + "; ".join(failures)
+                              + ". Remove them to start the search over.")
