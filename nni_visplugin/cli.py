@@ -86,6 +86,25 @@ def _cmd_latency(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_check(args: argparse.Namespace) -> int:
+    import optuna
+
+    from nni_visplugin.check import check_experiment
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger().setLevel(logging.WARNING)
+    failed = False
+    for path in args.configs:
+        problems = check_experiment(path)
+        for problem in problems:
+            print(f"{path}: {problem}", file=sys.stderr)
+        if problems:
+            failed = True
+        else:
+            print(f"{path}: ok")
+    return 1 if failed else 0
+
+
 def _trial_results(experiment: str, root: Path) -> tuple[Path, list[dict[str, Any]]]:
     exp_dir = Path(experiment).expanduser()
     if not (exp_dir / "trials").is_dir():
@@ -144,6 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
     lat.add_argument("--threads", type=int, default=0, help="CPU threads (0: PyTorch's default)")
     lat.add_argument("--out", required=True, help="table file (reused when it matches this device)")
     lat.set_defaults(func=_cmd_latency)
+
+    check = sub.add_parser("check", help="validate experiment configs before nnictl create")
+    check.add_argument("configs", nargs="+", help="experiment YAML files")
+    check.set_defaults(func=_cmd_check)
 
     best = sub.add_parser("best", help="rank an experiment's trials by the derived architecture's val accuracy")
     best.add_argument("experiment", help="experiment id, or the experiment directory")

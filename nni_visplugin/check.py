@@ -1,0 +1,173 @@
+"""``nni-visplugin check EXPERIMENT.yml``: catch a bad experiment before NNI starts it.
+
+Every problem is one line naming the field and what to do. The checks are the ones the trial and
+the tuner make when they start, run ahead of time: the trial's settings, the search space of
+hyperparameters (and that every value it can produce is a valid setting), the tuner's arguments,
+dataset paths and latency tables.
+"""
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["check_experiment"]
+
+TRIAL_MODULE = "nni_visplugin.trial"
+TUNER_CLASS = "nni_visplugin.tuners.OptunaTuner"
+
+
+def _trial_args(command: str) -> list[str] | None:
+    words = shlex.split(command)
+    for i in range(len(words) - 1):
+        if words[i] == "-m" and words[i + 1] == TRIAL_MODULE:
+            return words[i + 2:]
+    return None
+
+
+def _parse_trial(args: list[str]) -> tuple[dict[str, Any] | None, str | None]:
+    import argparse
+
+    from nni_visplugin.trial import build_parser, fixed_overrides
+
+    parser = build_parser()
+    parser.exit_on_error = False
+    try:
+        ns, unknown = parser.parse_known_args(args)
+    except (argparse.ArgumentError, SystemExit) as exc:
+        return None, f"trialCommand: {exc}"
+    if unknown:
+        return None, f"trialCommand: unknown argument(s) {' '.join(unknown)}; see python -m {TRIAL_MODULE} --help"
+    try:
+        return fixed_overrides(ns), None
+    except ValueError as exc:
+        return None, f"trialCommand: {exc}"
+
+
+def _check_data(config) -> str | None:
+    from nni_visplugin.data import FASHION_MNIST_DIR
+
+    if config.dataset == "digits" or config.download:
+        return None
+    path = Path(config.data_dir or (FASHION_MNIST_DIR if config.dataset == "fashion-mnist" else "")).expanduser()
+    if config.data_dir is None and config.dataset != "fashion-mnist":
+        return f"trialCommand --data-dir: dataset {config.dataset} needs a data directory"
+    if not path.is_dir():
+        hint = " (apt-get install dataset-fashion-mnist)" if config.dataset == "fashion-mnist" else ""
+        return f"trialCommand --data-dir: {path} does not exist{hint}"
+    return None
+
+
+def _check_latency_table(config) -> str | None:
+    path = config.strategy_kwargs.get("latency_table")
+    if not path:
+        return None
+    from nni_visplugin.latency import LatencyTable, TableMismatch
+
+    path = Path(path).expanduser()
+    if not path.exists():
+        if config.strategy_kwargs.get("latency_rebuild") == "never":
+            return f"latency_table: {path} does not exist, and latency_rebuild=never forbids measuring it"
+        return None
+    try:
+        table = LatencyTable.load(path)
+    except TableMismatch as exc:
+        return f"latency_table: {exc}"
+    if table.meta.get("space") != config.space:
+        return (f"latency_table: {path} was measured for space {table.meta.get('space')!r}, not {config.space!r}; "
+                "measure one with nni-visplugin latency")
+    return None
+
+
+def _check_tuner(tuner: Any) -> list[str]:
+    if not isinstance(tuner, dict):
+        return ["tuner: missing; use className: nni_visplugin.tuners.OptunaTuner"]
+    if tuner.get("className") != TUNER_CLASS:
+        return []  # someone else's tuner: not ours to judge
+    from nni_visplugin.registry import check_kwargs
+    from nni_visplugin.tuners.optuna_tuner import SAMPLERS, OptunaTuner
+
+    args = tuner.get("classArgs") or {}
+    problems = []
+    try:
+        check_kwargs(OptunaTuner, args, "tuner.classArgs")
+    except TypeError as exc:
+        problems.append(str(exc))
+    if args.get("sampler", "tpe") not in SAMPLERS:
+        problems.append(f"tuner.classArgs.sampler: unknown sampler {args['sampler']!r}; known: {', '.join(SAMPLERS)}")
+    if args.get("optimize_mode", "maximize") not in ("maximize", "minimize"):
+        problems.append("tuner.classArgs.optimize_mode: must be maximize or minimize")
+    if "codeDirectory" not in tuner:
+        problems.append("tuner.codeDirectory: NNI requires it with className; use '.'")
+    return problems
+
+
+def check_experiment(path: str | Path) -> list[str]:
+    """Problems found in the experiment config at ``path`` (empty when it is fine)."""
+    from nni_visplugin.config import ConfigError, SearchConfig
+    from nni_visplugin.tuners import OptunaTuner, SearchSpaceError
+
+    path = Path(path)
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        return [f"{path}: cannot read ({exc.strerror})"]
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        return [f"malformed YAML{where}: {getattr(exc, 'problem', None) or exc}"]
+    if not isinstance(doc, dict):
+        return ["the experiment config must be a YAML mapping of NNI fields"]
+
+    problems: list[str] = []
+    problems += _check_tuner(doc.get("tuner"))
+    command = doc.get("trialCommand")
+    if not isinstance(command, str) or not command.strip():
+        return problems + ["trialCommand: missing; use python -m nni_visplugin.trial [--space ...] [--set key=value]"]
+    args = _trial_args(command)
+    if args is None:
+        return problems  # not a plugin trial: nothing more of ours to check
+    fixed, error = _parse_trial(args)
+    if error:
+        return problems + [error]
+    try:
+        base = SearchConfig.create(fixed)
+    except ConfigError as exc:
+        return problems + [f"trialCommand: {exc}"]
+    for check in (_check_data, _check_latency_table):
+        if (problem := check(base)) is not None:
+            problems.append(problem)
+
+    space = doc.get("searchSpace")
+    if space is None and doc.get("searchSpaceFile"):
+        space_file = path.parent / doc["searchSpaceFile"]
+        try:
+            space = yaml.safe_load(space_file.read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            return problems + [f"searchSpaceFile: cannot read {space_file}: {exc}"]
+    if space is None:
+        return problems + ["searchSpace: missing; give the hyperparameters to tune in NNI's format"]
+    tuner = OptunaTuner(sampler="random", seed=0)
+    try:
+        tuner.update_search_space(space)
+    except SearchSpaceError as exc:
+        return problems + [f"searchSpace: {exc}"]
+    for key in space:
+        try:
+            SearchConfig.create({key: _a_value(tuner, key)}, base=base)
+        except ConfigError as exc:
+            problems.append(f"searchSpace.{key}: {exc}")
+    if not any(p.startswith("searchSpace.") for p in problems):
+        for i in range(8):  # values the tuner will really send, all together
+            try:
+                SearchConfig.create(tuner.generate_parameters(i), base=base)
+            except ConfigError as exc:
+                problems.append(f"searchSpace: a value the tuner can draw is refused: {exc}")
+                break
+    return problems
+
+
+def _a_value(tuner: Any, key: str) -> Any:
+    return tuner.generate_parameters(10_000 + hash(key) % 1000)[key]

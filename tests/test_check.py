@@ -1,0 +1,92 @@
+"""`nni-visplugin check`: every mistake gets a non-zero exit and one line naming the field and the fix."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from conftest import REPO
+
+from nni_visplugin.check import check_experiment
+
+BASE = yaml.safe_load((REPO / "experiments" / "darts.yml").read_text())
+
+
+def _with(**changes):
+    doc = {**BASE, **{k: v for k, v in changes.items() if k not in ("command_extra", "space_extra")}}
+    if "command_extra" in changes:
+        doc["trialCommand"] = BASE["trialCommand"] + " " + changes["command_extra"]
+    if "space_extra" in changes:
+        doc["searchSpace"] = {**BASE["searchSpace"], **changes["space_extra"]}
+    return doc
+
+
+# case -> (config, the line must contain)
+CASES = {
+    "unknown setting": (_with(command_extra="--set arch_lrr=0.1"), "unknown setting 'arch_lrr'"),
+    "unknown space setting": (_with(command_extra="--set space.depth=3"), "unknown setting 'space.depth'"),
+    "unknown space": (_with(command_extra="--space nas201"), "unknown space 'nas201'; known: darts_cell"),
+    "unknown strategy": (_with(command_extra="--strategy enas"), "unknown strategy 'enas'; known: darts"),
+    "unknown dataset": (_with(command_extra="--dataset mnist"), "unknown dataset 'mnist'; known: digits"),
+    "bad value": (_with(command_extra="--set order=3"), "order must be 1 or 2"),
+    "unknown trial flag": (_with(command_extra="--epochz 3"), "unknown argument(s) --epochz"),
+    "empty choice": (_with(space_extra={"epochs": {"_type": "choice", "_value": []}}), "'epochs': choice needs at least one option"),
+    "low >= high": (_with(space_extra={"arch_lr": {"_type": "loguniform", "_value": [0.1, 0.01]}}), "'arch_lr': loguniform needs low < high"),
+    "unknown _type": (_with(space_extra={"arch_lr": {"_type": "gauss", "_value": [0, 1]}}), "unknown _type 'gauss'"),
+    "tuned key unknown": (_with(space_extra={"lr": {"_type": "uniform", "_value": [0.1, 0.2]}}), "searchSpace.lr: unknown setting 'lr'"),
+    "tuned value invalid": (_with(space_extra={"epochs": {"_type": "uniform", "_value": [1.5, 2.5]}}), "searchSpace.epochs: epochs must be an integer"),
+    "missing dataset dir": (_with(command_extra="--dataset fashion-mnist --data-dir /nonexistent/fm"), "--data-dir: /nonexistent/fm does not exist"),
+    "cifar without dir": (_with(command_extra="--dataset cifar10"), "--data-dir: dataset cifar10 needs a data directory"),
+    "bad sampler": ({**BASE, "tuner": {**BASE["tuner"], "classArgs": {"sampler": "bayes"}}}, "tuner.classArgs.sampler: unknown sampler 'bayes'"),
+    "bad tuner arg": ({**BASE, "tuner": {**BASE["tuner"], "classArgs": {"seeed": 1}}}, "unknown argument(s) seeed"),
+    "no trialCommand": ({k: v for k, v in BASE.items() if k != "trialCommand"}, "trialCommand: missing"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_each_mistake_is_one_line_naming_the_field(case, tmp_path):
+    config, expected = CASES[case]
+    path = tmp_path / "exp.yml"
+    path.write_text(yaml.safe_dump(config))
+    problems = check_experiment(path)
+    assert len(problems) == 1, problems
+    assert expected in problems[0], problems[0]
+    assert "\n" not in problems[0]
+
+
+def test_malformed_yaml_names_the_line(tmp_path):
+    path = tmp_path / "bad.yml"
+    path.write_text("trialCommand: python -m nni_visplugin.trial\nsearchSpace: {a: [1, 2}\n")
+    (problem,) = check_experiment(path)
+    assert problem.startswith("malformed YAML at line 2")
+
+
+def test_latency_table_of_another_space(tmp_path):
+    from nni_visplugin.latency import load_or_measure
+
+    from spaces_helpers import tiny_kwargs
+
+    table = tmp_path / "t.json"
+    load_or_measure(table, "seed_cells", tiny_kwargs("seed_cells"), "cpu", 1)
+    config = yaml.safe_load((REPO / "experiments" / "proxyless.yml").read_text())
+    config["trialCommand"] += f" --set latency_table={table}"
+    path = tmp_path / "exp.yml"
+    path.write_text(yaml.safe_dump(config))
+    (problem,) = check_experiment(path)
+    assert "latency_table" in problem and "'seed_cells', not 'proxyless_mobile'" in problem
+
+
+def test_cli_exit_codes(tmp_path):
+    bad = tmp_path / "bad.yml"
+    bad.write_text(yaml.safe_dump(CASES["unknown space"][0]))
+    cli = [sys.executable, "-m", "nni_visplugin.cli", "check"]
+    good = subprocess.run(cli + [str(REPO / "experiments" / "darts.yml"), str(REPO / "experiments" / "proxyless.yml")],
+                          capture_output=True, text=True, timeout=120)
+    assert good.returncode == 0, good.stderr
+    assert good.stdout.count(": ok") == 2
+    out = subprocess.run(cli + [str(bad)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines() == [f"{bad}: trialCommand: unknown space 'nas201'; known: "
+                                               "darts_cell, proxyless_mobile, seed_cells"]
