@@ -29,7 +29,7 @@ def _netns_available() -> bool:
         return False
 
 
-def run_experiment(tmp_path: Path, config: dict, timeout: float = 400) -> dict:
+def run_experiment(tmp_path: Path, config: dict, timeout: float = 400, browse_dir: Path | None = None) -> dict:
     """Run ``config`` with the real nnictl and NNI manager; returns what the manager reported.
 
     The experiment gets its own working directory and HOME (NNI keeps a manifest of experiments in
@@ -46,6 +46,8 @@ def run_experiment(tmp_path: Path, config: dict, timeout: float = 400) -> dict:
     out = tmp_path / "driver.json"
     env = {**os.environ, "HOME": str(home), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     cmd = [sys.executable, str(DRIVER), str(config_path), str(free_port()), str(out), str(timeout)]
+    if browse_dir is not None:
+        cmd.append(str(browse_dir))
     if _netns_available():
         cmd = ["unshare", "-n"] + cmd
         env["NNI_DRIVER_NETNS"] = "1"

@@ -4,7 +4,11 @@ Run by the integration tests as a separate process, inside a private network nam
 machine allows one (``unshare -n``): NNI 3.0's manager listens on every interface and has no option
 to bind to loopback, so the namespace, whose only interface is ``lo``, keeps it off the network.
 
-Usage: python nni_driver.py CONFIG PORT OUT_JSON TIMEOUT_SECONDS [--after-start SCRIPT]
+Usage: python nni_driver.py CONFIG PORT OUT_JSON TIMEOUT_SECONDS [BROWSE_DIR]
+
+With BROWSE_DIR, once the experiment has ended (and before it is stopped), headless Chromium opens
+the web UI's pages from inside the same namespace and saves each page's rendered DOM and a
+screenshot there.
 """
 from __future__ import annotations
 
@@ -45,6 +49,32 @@ def _kill_leftovers(exp_dir: Path, manager_pid: int | None) -> list[int]:
     return killed
 
 
+PAGES = {"oview": "oview", "detail": "detail"}
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--hide-scrollbars", "--window-size=1600,1100", "--virtual-time-budget=20000"]
+
+
+def _browse(port: int, out_dir: Path) -> dict:
+    import shutil
+    import tempfile
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    done = {}
+    for name, page in PAGES.items():
+        url = f"http://127.0.0.1:{port}/{page}"
+        with tempfile.TemporaryDirectory() as profile:
+            flags = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}"]
+            dom = subprocess.run(flags + ["--dump-dom", url], capture_output=True, text=True, timeout=120)
+            (out_dir / f"{name}.html").write_text(dom.stdout)
+        with tempfile.TemporaryDirectory() as profile:
+            flags = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}"]
+            subprocess.run(flags + [f"--screenshot={out_dir / (name + '.png')}", url], capture_output=True, timeout=120)
+        done[name] = {"url": url, "dom_bytes": len(dom.stdout), "screenshot": (out_dir / f"{name}.png").exists()}
+    return done
+
+
 def main() -> int:
     config_path, port, out_path, timeout = Path(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3]), float(sys.argv[4])
     if os.environ.get("NNI_DRIVER_NETNS") == "1":
@@ -79,6 +109,8 @@ def main() -> int:
         exp_id = report["experiment"].get("id")
         report["trials"] = _get(port, "trial-jobs")
         report["metrics"] = _get(port, "metric-data")
+        if len(sys.argv) > 5:
+            report["browsed"] = _browse(port, Path(sys.argv[5]))
     finally:
         manifest = Path(os.environ["HOME"]) / "nni-experiments" / ".experiment"
         if manifest.exists():

@@ -91,3 +91,12 @@ def test_imagefolder_and_cifar_errors(tmp_path):
         load_dataset("cifar10", tmp_path)
     with pytest.raises(DatasetError, match="unknown dataset"):
         load_dataset("mnist")
+
+
+@pytest.mark.skipif(not __import__("os").path.isdir("/usr/share/datasets/fashion-mnist"),
+                    reason="Debian's dataset-fashion-mnist is not installed (.ci/run installs it)")
+def test_real_fashion_mnist_from_debian_package():
+    s = load_dataset("fashion-mnist", with_test=True)
+    assert s.input_shape == (1, 28, 28) and s.num_classes == 10
+    assert len(s.train[0]) + len(s.val[0]) == 60000 and len(s.test[0]) == 10000
+    assert np.bincount(s.test[1].numpy()).tolist() == [1000] * 10
