@@ -106,15 +106,16 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _trial_results(experiment: str, root: Path) -> tuple[Path, list[dict[str, Any]]]:
+    """result.json of every trial of an experiment (NNI keeps local trials under
+    ``<experiment dir>/environments/<env>/trials/<trial id>/``)."""
     exp_dir = Path(experiment).expanduser()
-    if not (exp_dir / "trials").is_dir():
+    if not exp_dir.is_dir():
         exp_dir = root.expanduser() / experiment
-    trials_dir = exp_dir / "trials"
-    if not trials_dir.is_dir():
-        raise FileNotFoundError(f"no trials directory for experiment {experiment!r} (looked in {trials_dir}); "
+    if not exp_dir.is_dir():
+        raise FileNotFoundError(f"no experiment directory for {experiment!r} (looked in {exp_dir}); "
                                 "pass the experiment id with --root, or the experiment directory itself")
     rows = []
-    for result_file in sorted(trials_dir.glob("*/result.json")):
+    for result_file in sorted(exp_dir.glob("**/trials/*/result.json")):
         try:
             result = json.loads(result_file.read_text())
         except (OSError, json.JSONDecodeError):
@@ -126,7 +127,7 @@ def _trial_results(experiment: str, root: Path) -> tuple[Path, list[dict[str, An
 def _cmd_best(args: argparse.Namespace) -> int:
     exp_dir, rows = _trial_results(args.experiment, Path(args.root))
     if not rows:
-        print(f"no finished trial with a result.json under {exp_dir / 'trials'}", file=sys.stderr)
+        print(f"no finished trial with a result.json under {exp_dir}", file=sys.stderr)
         return 1
     rows.sort(key=lambda r: r["val_accuracy"], reverse=True)
     print(f"{'trial':<10} {'val_acc':>8} {'params':>9}  hyperparameters")

@@ -104,6 +104,20 @@ def test_every_result_is_paired_with_its_own_parameters(experiment):
         assert metric_ids[ran["trial_id"]] == ran["parameter_id"]
 
 
+def test_best_command_finds_the_best_trial_of_a_real_experiment(experiment):
+    import subprocess
+    import sys
+
+    exp_dir = Path(experiment["experiment_dir"])
+    out = subprocess.run([sys.executable, "-m", "nni_visplugin.cli", "best", experiment["experiment_id"],
+                          "--root", str(exp_dir.parent)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    results = {str(d): json.loads((d / "result.json").read_text())["val_accuracy"] for d in _trial_dirs(experiment)}
+    last = out.stdout.strip().splitlines()[-1]
+    assert last.startswith("best: ")
+    assert results[last[len("best: "):]] == max(results.values())  # a trial of the best accuracy (ties: any)
+
+
 def test_nothing_is_left_running(experiment):
     needle = experiment["experiment_dir"]
     alive = [p.pid for p in psutil.process_iter(["cmdline"]) if any(needle in c for c in (p.info["cmdline"] or []))]

@@ -104,13 +104,13 @@ def test_config_overrides_and_types():
 
 def test_best_command_ranks_trials(tmp_path, search_dir):
     for trial, acc in (("A", 0.5), ("B", 0.9)):
-        d = tmp_path / "exp1" / "trials" / trial
+        d = tmp_path / "exp1" / "environments" / "local-env" / "trials" / trial  # NNI's local layout
         d.mkdir(parents=True)
         result = json.loads((search_dir / "result.json").read_text())
         result["val_accuracy"] = acc
         (d / "result.json").write_text(json.dumps(result))
     out = subprocess.run(CLI + ["best", "exp1", "--root", str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip().splitlines()[-1] == f"best: {tmp_path / 'exp1' / 'trials' / 'B'}"
+    assert out.stdout.strip().splitlines()[-1] == f"best: {tmp_path / 'exp1' / 'environments' / 'local-env' / 'trials' / 'B'}"
     missing = subprocess.run(CLI + ["best", "nope", "--root", str(tmp_path)], capture_output=True, text=True)
-    assert missing.returncode == 2 and "no trials directory" in missing.stderr
+    assert missing.returncode == 2 and "no experiment directory" in missing.stderr

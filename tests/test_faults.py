@@ -1,0 +1,60 @@
+"""Faults with the real parts: NaN searches fail instead of reporting, and 4 concurrent trials out of
+16 lose nothing, tell nothing twice and pair nothing wrongly."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+
+from conftest import REPO, run_experiment
+
+from test_nni_integration import _shipped_config, _tiny
+
+
+def _study(report):
+    exp_dir = Path(report["experiment_dir"])
+    return optuna.load_study(study_name=f"nni-{report['experiment_id']}", storage=f"sqlite:///{exp_dir / 'optuna.db'}")
+
+
+def test_nan_search_fails_the_trial_and_is_told_to_optuna_as_failed(tmp_path):
+    config = _tiny(_shipped_config(), trials=2)
+    # A weight learning rate this large turns the loss into inf/NaN within the first steps.
+    config["searchSpace"] = {**config["searchSpace"], "weight_lr": {"_type": "choice", "_value": [1e30]}}
+    report = run_experiment(tmp_path, config, timeout=300)
+    assert report["status"] == "DONE", report
+    assert [t["status"] for t in report["trials"]] == ["FAILED", "FAILED"]
+    assert not [m for m in report["metrics"] if m["type"] == "FINAL"]  # never reported as a result
+    states = [t.state for t in _study(report).get_trials()]
+    assert states == [optuna.trial.TrialState.FAIL] * 2
+    for log in Path(report["experiment_dir"]).glob("**/trials/*/trial.log"):
+        text = log.read_text()
+        assert "non-finite loss" in text and "epoch 0 step" in text
+    assert not list(Path(report["experiment_dir"]).glob("**/trials/*/result.json"))
+
+
+def test_four_concurrent_trials_out_of_sixteen(tmp_path):
+    config = _tiny(_shipped_config(), trials=16)
+    config["trialConcurrency"] = 4
+    config["maxExperimentDuration"] = "12m"
+    config["searchSpace"] = {**config["searchSpace"], "epochs": {"_type": "choice", "_value": [1]}}
+    report = run_experiment(tmp_path, config, timeout=700)
+    assert report["status"] == "DONE", report
+    assert len(report["trials"]) == 16 and all(t["status"] == "SUCCEEDED" for t in report["trials"])
+    finals = [m for m in report["metrics"] if m["type"] == "FINAL"]
+    assert len(finals) == 16 and len({m["trialJobId"] for m in finals}) == 16  # none lost, none twice
+
+    study = _study(report)
+    trials = study.get_trials()
+    assert len(trials) == 16 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    by_id = {t.user_attrs["nni_parameter_id"]: t for t in trials}
+    assert len(by_id) == 16
+    metric_ids = {m["trialJobId"]: int(m["parameterId"]) for m in finals}
+    for d in Path(report["experiment_dir"]).glob("**/trials/*/parameters.json"):
+        ran = json.loads(d.read_text())
+        result = json.loads(d.with_name("result.json").read_text())
+        told = by_id[ran["parameter_id"]]
+        assert json.loads(told.user_attrs["nni_params"]) == ran["parameters"]  # paired with its own parameters
+        assert told.value == pytest.approx(result["val_accuracy"])  # and its own result
+        assert metric_ids[ran["trial_id"]] == ran["parameter_id"]
