@@ -63,7 +63,13 @@ def main(argv: list[str] | None = None) -> int:
     def report_epoch(epoch: int, record: dict[str, Any]) -> None:
         nni.report_intermediate_result(record["val_accuracy"])
 
-    result = run_search(config, out, on_epoch=report_epoch)
+    try:
+        result = run_search(config, out, on_epoch=report_epoch)
+    except Exception as exc:
+        # One clear line in the trial's log; the traceback follows on stderr. The non-zero exit makes
+        # NNI mark the trial FAILED and the tuner tell Optuna FAIL: a failed search is never a result.
+        _logger.error("search failed: %s: %s", type(exc).__name__, exc)
+        raise
     final = {
         "default": result["val_accuracy"],
         "supernet_val_accuracy": result["supernet_val_accuracy"],

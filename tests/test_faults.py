@@ -28,9 +28,11 @@ def test_nan_search_fails_the_trial_and_is_told_to_optuna_as_failed(tmp_path):
     assert not [m for m in report["metrics"] if m["type"] == "FINAL"]  # never reported as a result
     states = [t.state for t in _study(report).get_trials()]
     assert states == [optuna.trial.TrialState.FAIL] * 2
-    for log in Path(report["experiment_dir"]).glob("**/trials/*/trial.log"):
+    logs = list(Path(report["experiment_dir"]).glob("**/trials/*/trial.log"))
+    assert len(logs) == 2
+    for log in logs:
         text = log.read_text()
-        assert "non-finite loss" in text and "epoch 0 step" in text
+        assert "search failed: FloatingPointError: non-finite loss" in text and "epoch 0 step" in text
     assert not list(Path(report["experiment_dir"]).glob("**/trials/*/result.json"))
 
 
