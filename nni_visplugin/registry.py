@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
+import re
 import warnings
 from importlib.metadata import entry_points
 from typing import Any, Callable, TypeVar
@@ -17,6 +18,7 @@ from typing import Any, Callable, TypeVar
 _logger = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 __all__ = ["Registry", "SPACES", "STRATEGIES", "register_space", "register_strategy"]
 
@@ -39,8 +41,9 @@ class Registry:
 
     def register(self, name: str, factory: Callable[..., Any] | None = None, *, override: bool = False):
         """Register ``factory`` under ``name``; usable as a decorator when ``factory`` is omitted."""
-        if not name or not isinstance(name, str):
-            raise ValueError(f"{self.kind} name must be a non-empty string, got {name!r}")
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
+            # Names end up in file names (latency caches): no separators, no leading dot.
+            raise ValueError(f"{self.kind} name must match {_NAME.pattern}, got {name!r}")
 
         def add(fn: F) -> F:
             origin = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
@@ -61,6 +64,10 @@ class Registry:
         self._loaded = True
         importlib.import_module(self._builtin_module)
         for ep in entry_points(group=self.group):
+            if not _NAME.fullmatch(ep.name):
+                warnings.warn(f"entry point {ep.value!r} of group {self.group!r} has an invalid name {ep.name!r} "
+                              f"(must match {_NAME.pattern}); it is ignored", stacklevel=2)
+                continue
             if ep.name in self._factories:
                 warnings.warn(
                     f"entry point {ep.value!r} of group {self.group!r} wants the {self.kind} name "

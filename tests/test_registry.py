@@ -78,3 +78,10 @@ def test_entry_point_clashing_with_a_builtin_warns_and_keeps_the_builtin(tmp_pat
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "DartsCellSpace" in out.stdout
+
+
+@pytest.mark.parametrize("name", ["../evil", "a/b", ".hidden", "", "x" * 80])
+def test_names_that_could_escape_a_directory_are_refused(name):
+    reg = Registry("space", "nni_visplugin.test_group_unused", "nni_visplugin.spaces")
+    with pytest.raises(ValueError, match="must match"):
+        reg.register(name, lambda: 1)

@@ -153,3 +153,40 @@ def test_default_storage_is_a_sqlite_file_in_the_experiment_dir(tmp_path, monkey
     tuner = OptunaTuner()
     assert tuner.study.study_name == "nni-abc123"
     assert (tmp_path / "abc123" / "optuna.db").exists()
+
+
+def test_sqlite_study_locked_by_a_concurrent_writer_waits_instead_of_failing(tmp_path):
+    """Another process holds the SQLite file's write lock for 8 s, longer than SQLite's default 5 s wait:
+    the tuner's tell waits and lands instead of failing with "database is locked"."""
+    import sqlite3
+    import subprocess
+    import sys
+    import time
+
+    db = tmp_path / "study.db"
+    tuner = OptunaTuner(storage=f"sqlite:///{db}", study_name="s", seed=0)
+    tuner.update_search_space({"u": {"_type": "uniform", "_value": [0, 1]}})
+    p = tuner.generate_parameters(0)
+    locker = subprocess.Popen([sys.executable, "-c", (
+        "import sqlite3, sys, time; c = sqlite3.connect(sys.argv[1], isolation_level=None); "
+        "c.execute('BEGIN EXCLUSIVE'); print('locked', flush=True); time.sleep(8); c.execute('COMMIT')"), str(db)],
+        stdout=subprocess.PIPE, text=True)
+    assert locker.stdout.readline().strip() == "locked"
+    start = time.time()
+    tuner.receive_trial_result(0, p, 0.75)
+    waited = time.time() - start
+    locker.wait(timeout=30)
+    assert waited > 5  # it really met the lock, past the default timeout
+    assert [t.value for t in optuna.load_study(study_name="s", storage=f"sqlite:///{db}").trials] == [0.75]
+    conn = sqlite3.connect(db)
+    assert conn.execute("select count(*) from trials").fetchone()[0] == 1
+    conn.close()
+
+
+def test_storage_password_never_reaches_the_log(caplog):
+    from nni_visplugin.tuners.optuna_tuner import redact
+
+    assert redact("postgresql://user:s3cret@127.0.0.1:5432/db") == "postgresql://user:***@127.0.0.1:5432/db"
+    with caplog.at_level("INFO"):
+        OptunaTuner()
+    assert "memory" in caplog.text

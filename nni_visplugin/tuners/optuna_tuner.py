@@ -41,6 +41,30 @@ def _make_sampler(name: str, seed: int | None) -> optuna.samplers.BaseSampler:
     raise ValueError(f"unknown sampler {name!r}; known: {', '.join(SAMPLERS)}")
 
 
+SQLITE_LOCK_TIMEOUT_S = 60  # another writer holding the SQLite file: wait for it, do not fail the tuner
+
+
+def make_storage(url: str | None) -> optuna.storages.BaseStorage | None:
+    """An Optuna storage for ``url``; SQLite files wait for a concurrent writer's lock."""
+    if url is None:
+        return None
+    if url.startswith("sqlite:"):
+        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": SQLITE_LOCK_TIMEOUT_S}})
+    return optuna.storages.RDBStorage(url)
+
+
+def redact(url: str | None) -> str:
+    """The storage URL without its password, for logs (NNI serves its logs without authentication)."""
+    if url is None:
+        return "memory"
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<storage URL not shown>"
+
+
 def _experiment_dir() -> Path | None:
     """The experiment's directory when running inside NNI's dispatcher (``<dir>/<id>/log``)."""
     log_dir = os.environ.get("NNI_LOG_DIRECTORY")
@@ -83,12 +107,12 @@ class OptunaTuner(Tuner):
             study_name = f"nni-{exp_dir.name}" if exp_dir is not None else None
         self.storage_url = storage
         self.study = optuna.create_study(
-            storage=storage, study_name=study_name, direction=optimize_mode,
+            storage=make_storage(storage), study_name=study_name, direction=optimize_mode,
             sampler=_make_sampler(sampler, seed), load_if_exists=True,
         )
         self._params: tuple[Param, ...] | None = None
         self._trials: dict[int, optuna.Trial] = {}
-        _logger.info("Optuna study %r (%s sampler) in %s", self.study.study_name, sampler, storage or "memory")
+        _logger.info("Optuna study %r (%s sampler) in %s", self.study.study_name, sampler, redact(storage))
 
     # ------------------------------------------------------------------ NNI tuner interface
     def update_search_space(self, search_space: dict[str, Any]) -> None:
