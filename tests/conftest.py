@@ -29,7 +29,8 @@ def _netns_available() -> bool:
         return False
 
 
-def run_experiment(tmp_path: Path, config: dict, timeout: float = 400, browse_dir: Path | None = None) -> dict:
+def run_experiment(tmp_path: Path, config: dict, timeout: float = 400, browse_dir: Path | None = None,
+                   kill_after: int = 0) -> dict:
     """Run ``config`` with the real nnictl and NNI manager; returns what the manager reported.
 
     The experiment gets its own working directory and HOME (NNI keeps a manifest of experiments in
@@ -48,6 +49,8 @@ def run_experiment(tmp_path: Path, config: dict, timeout: float = 400, browse_di
     cmd = [sys.executable, str(DRIVER), str(config_path), str(free_port()), str(out), str(timeout)]
     if browse_dir is not None:
         cmd.append(str(browse_dir))
+    if kill_after:
+        env["NNI_DRIVER_KILL_AFTER"] = str(kill_after)  # crash everything after that many trials, then resume
     if _netns_available():
         cmd = ["unshare", "-n"] + cmd
         env["NNI_DRIVER_NETNS"] = "1"

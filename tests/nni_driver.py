@@ -75,6 +75,31 @@ def _browse(port: int, out_dir: Path) -> dict:
     return done
 
 
+def _kill_and_resume(port: int, exp_id: str, work_dir: Path, nnictl: str, after: int, report: dict) -> None:
+    """Once ``after`` trials have succeeded with others still running, SIGKILL the manager, the
+    dispatcher and the trials (a crash of the whole machine, as far as NNI can tell), then
+    ``nnictl resume`` the experiment on the same port."""
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        trials = _get(port, "trial-jobs")
+        done = [t for t in trials if t["status"] == "SUCCEEDED"]
+        running = [t for t in trials if t["status"] == "RUNNING"]
+        if len(done) >= after and running:
+            break
+        time.sleep(0.5)
+    else:
+        raise RuntimeError("the experiment never reached the state to interrupt")
+    entries = json.loads((Path(os.environ["HOME"]) / "nni-experiments" / ".experiment").read_text())
+    report["killed_at"] = _get(port, "trial-jobs")
+    report["killed_pids"] = _kill_leftovers(work_dir, entries[exp_id]["pid"])
+    time.sleep(2)
+    resumed = subprocess.run([nnictl, "resume", exp_id, "--port", str(port), "--experiment_dir", str(work_dir)],
+                             capture_output=True, text=True, timeout=120)
+    report["resume_output"] = resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    if resumed.returncode != 0:
+        raise RuntimeError(f"nnictl resume failed: {report['resume_output']}")
+
+
 def main() -> int:
     config_path, port, out_path, timeout = Path(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3]), float(sys.argv[4])
     if os.environ.get("NNI_DRIVER_NETNS") == "1":
@@ -92,6 +117,15 @@ def main() -> int:
         if created.returncode != 0:
             report["status"] = "CREATE_FAILED"
             return 0
+        kill_after = int(os.environ.get("NNI_DRIVER_KILL_AFTER", "0"))
+        if kill_after:
+            for _ in range(60):
+                try:
+                    exp_id = _get(port, "experiment")["id"]
+                    break
+                except OSError:
+                    time.sleep(1)
+            _kill_and_resume(port, exp_id, work_dir, nnictl, kill_after, report)
         deadline = time.time() + timeout
         while time.time() < deadline:
             try:

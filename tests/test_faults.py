@@ -60,3 +60,45 @@ def test_four_concurrent_trials_out_of_sixteen(tmp_path):
         assert json.loads(told.user_attrs["nni_params"]) == ran["parameters"]  # paired with its own parameters
         assert told.value == pytest.approx(result["val_accuracy"])  # and its own result
         assert metric_ids[ran["trial_id"]] == ran["parameter_id"]
+
+
+def test_crash_and_nnictl_resume_lose_nothing(tmp_path):
+    """SIGKILL the manager, dispatcher and trials once 2 trials have succeeded and others run, then
+    `nnictl resume`: finished trials stay in the study exactly once, the trials the crash left
+    running are closed as FAIL, and the experiment goes on to DONE."""
+    config = _tiny(_shipped_config(), trials=6)
+    config["searchSpace"] = {**config["searchSpace"], "epochs": {"_type": "choice", "_value": [3]}}
+    report = run_experiment(tmp_path, config, timeout=500, kill_after=2)
+    assert report["status"] == "DONE", {k: report.get(k) for k in ("status", "errors", "resume_output")}
+    before = {t["trialJobId"]: t["status"] for t in report["killed_at"]}
+    finished_before = {tid for tid, st in before.items() if st == "SUCCEEDED"}
+    running_before = {tid for tid, st in before.items() if st in ("RUNNING", "WAITING")}
+    assert len(finished_before) >= 2 and running_before
+
+    study = _study(report)
+    trials = study.get_trials()
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    exp_dir = Path(report["experiment_dir"])
+    jobs = {}
+    for d in exp_dir.glob("**/trials/*/result.json"):
+        ran = json.loads(d.with_name("parameters.json").read_text())
+        jobs[ran["trial_id"]] = (ran["parameters"], json.loads(d.read_text())["val_accuracy"])
+    assert set(jobs) == {t["trialJobId"] for t in report["trials"]}  # every trial, re-runs included, finished
+    # Each trial job's result is in the study exactly once: told natively (its job id recorded) or, for
+    # the trials NNI re-ran after the crash, imported with the parameters the re-run really used.
+    for job, (params, value) in jobs.items():
+        native = [t for t in complete if t.user_attrs.get("nni_trial_job_id") == job]
+        imported = [t for t in complete if t.user_attrs.get("imported")
+                    and json.loads(t.user_attrs["nni_params"]) == params and t.value == pytest.approx(value)]
+        assert len(native) + len(imported) == 1, (job, native, imported)
+        for t in native:
+            assert json.loads(t.user_attrs["nni_params"]) == params and t.value == pytest.approx(value)
+    assert len(complete) == len(jobs)  # nothing told twice
+    for job in finished_before:
+        assert any(t.user_attrs.get("nni_trial_job_id") == job for t in complete), f"finished trial {job} lost"
+    # the trials the crash interrupted were left RUNNING in the study, and are now FAIL
+    failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
+    assert len(failed) >= len(running_before)
+    # no parameters were drawn twice because the resumed sampler restarted its random stream
+    drawn = [t.user_attrs["nni_params"] for t in trials if "nni_parameter_id" in t.user_attrs]
+    assert len(drawn) == len(set(drawn))

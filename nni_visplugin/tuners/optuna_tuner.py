@@ -106,13 +106,31 @@ class OptunaTuner(Tuner):
         if study_name is None:
             study_name = f"nni-{exp_dir.name}" if exp_dir is not None else None
         self.storage_url = storage
+        self.experiment_id = exp_dir.name if exp_dir is not None else None
         self.study = optuna.create_study(
             storage=make_storage(storage), study_name=study_name, direction=optimize_mode,
             sampler=_make_sampler(sampler, seed), load_if_exists=True,
         )
+        existing = len(self.study.get_trials(deepcopy=False))
+        if existing and seed is not None:
+            # A resumed or shared study: the same seed would draw the first trials' parameters again.
+            self.study.sampler = _make_sampler(sampler, seed + existing)
+        self._close_interrupted()
         self._params: tuple[Param, ...] | None = None
         self._trials: dict[int, optuna.Trial] = {}
         _logger.info("Optuna study %r (%s sampler) in %s", self.study.study_name, sampler, redact(storage))
+
+    def _close_interrupted(self) -> None:
+        """After a crash and ``nnictl resume``, trials this experiment left RUNNING will never be told:
+        close them as FAIL. (NNI re-runs those trials; their results come back through ``import_data``.)
+        Trials of other experiments sharing the study are left alone."""
+        if self.experiment_id is None:
+            return
+        for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if trial.user_attrs.get("nni_experiment") == self.experiment_id:
+                self.study.tell(trial.number, state=TrialState.FAIL)
+                _logger.warning("Optuna trial %d (NNI parameter id %s) was left running by an interrupted run: "
+                                "told as FAIL", trial.number, trial.user_attrs.get("nni_parameter_id"))
 
     # ------------------------------------------------------------------ NNI tuner interface
     def update_search_space(self, search_space: dict[str, Any]) -> None:
@@ -123,6 +141,8 @@ class OptunaTuner(Tuner):
             raise RuntimeError("the search space has not been set (update_search_space)")
         trial = self.study.ask()
         trial.set_user_attr("nni_parameter_id", parameter_id)
+        if self.experiment_id is not None:
+            trial.set_user_attr("nni_experiment", self.experiment_id)
         if kwargs.get("trial_job_id"):
             trial.set_user_attr("nni_trial_job_id", kwargs["trial_job_id"])
         params = suggest(trial, self._params)
@@ -144,6 +164,10 @@ class OptunaTuner(Tuner):
             for k, v in value.items():
                 if k != self.metric and isinstance(v, (int, float)) and not isinstance(v, bool):
                     trial.set_user_attr(f"result_{k}", v)
+        if kwargs.get("trial_job_id"):
+            # NNI's exported records (import on resume) name the trial job: this is how they are
+            # recognised as already told, even where NNI paired them with other parameters (issue 5726).
+            trial.set_user_attr("nni_trial_job_id", kwargs["trial_job_id"])
         self._finish(parameter_id, TrialState.COMPLETE, score)
 
     def trial_end(self, parameter_id: int, success: bool, **kwargs: Any) -> None:
@@ -156,8 +180,9 @@ class OptunaTuner(Tuner):
         """Add finished trials (``nnictl experiment import``, ``nnictl resume``) to the study, once each."""
         if self._params is None:
             raise RuntimeError("the search space must be set before importing data")
-        seen = {(t.user_attrs.get("nni_params"), t.value) for t in self.study.get_trials(deepcopy=False,
-                                                                                        states=(TrialState.COMPLETE,))}
+        complete = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        seen = {(t.user_attrs.get("nni_params"), t.value) for t in complete}
+        seen_jobs = {t.user_attrs["nni_trial_job_id"] for t in complete if t.user_attrs.get("nni_trial_job_id")}
         added = 0
         for record in data:
             params = record.get("parameter")
@@ -166,15 +191,22 @@ class OptunaTuner(Tuner):
                 _logger.warning("import_data: skipping malformed record %r", record)
                 continue
             key = json.dumps(params, sort_keys=True)
-            if (key, score) in seen:
+            job = record.get("trialJobId")
+            if (key, score) in seen or (job and job in seen_jobs):
                 continue
             try:
                 values, dists = to_optuna_params(self._params, params)
             except (SearchSpaceError, ValueError, KeyError, TypeError) as exc:
                 _logger.warning("import_data: record does not fit the search space (%s): %r", exc, params)
                 continue
+            attrs = {"nni_params": key, "imported": True}
+            if job:
+                attrs["nni_trial_job_id"] = job
+                seen_jobs.add(job)
+            if self.experiment_id is not None:
+                attrs["nni_experiment"] = self.experiment_id
             self.study.add_trial(optuna.trial.create_trial(params=values, distributions=dists, value=score,
-                                                           user_attrs={"nni_params": key, "imported": True}))
+                                                           user_attrs=attrs))
             seen.add((key, score))
             added += 1
         _logger.info("import_data: %d of %d records added to the study", added, len(data))
