@@ -196,7 +196,7 @@ def _latency_report(outcome: Any, space: str, search_kwargs: dict[str, Any], spl
 
     Both concern the network at its searched size, the one the table describes.
     """
-    table = getattr(outcome, "latency_table", None)
+    table = getattr(outcome, "latency_table", None)  # strategies of other packages may not set it
     if table is None:
         return {}
     from nni_visplugin.latency import measure_model

@@ -103,6 +103,7 @@ class SearchOutcome:
     arch: dict[str, Any]
     history: list[dict[str, Any]] = field(default_factory=list)
     supernet: nn.Module | None = None
+    latency_table: Any = None  # set by strategies that search against a latency lookup table
 
     @property
     def last_val_accuracy(self) -> float | None:

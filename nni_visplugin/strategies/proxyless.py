@@ -314,5 +314,5 @@ class ProxylessStrategy(DartsStrategy):
 
     def search(self, *args: Any, **kwargs: Any) -> SearchOutcome:
         outcome = super().search(*args, **kwargs)
-        outcome.latency_table = self.latency_table  # type: ignore[attr-defined]
+        outcome.latency_table = self.latency_table
         return outcome
