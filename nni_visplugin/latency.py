@@ -107,6 +107,7 @@ class LatencyTable:
     fixed_ms: float = 0.0
     scale: float = 1.0
     calibration: list[dict[str, Any]] = field(default_factory=list)
+    _ms_tensors: dict = field(default_factory=dict, repr=False, compare=False)
 
     def ops_ms(self, arch: dict[str, Any]) -> float:
         """Sum of the table entries of the operations ``arch`` runs."""
@@ -133,10 +134,13 @@ class LatencyTable:
         """
         device = next(iter(probs.values())).device
         total = torch.tensor(0.0, device=device)
-        for e in self.entries:
+        for k, e in enumerate(self.entries):
             label = e["label"]
-            ms = torch.tensor([e["ms"][str(n)] for n in names[label]], device=device)
-            term = (probs[label] * ms).sum()
+            # Built once per entry and device: this runs at every architecture step.
+            key = (k, device)
+            if key not in self._ms_tensors:
+                self._ms_tensors[key] = torch.tensor([e["ms"][str(n)] for n in names[label]], device=device)
+            term = (probs[label] * self._ms_tensors[key]).sum()
             if e["gate"] is not None and e["gate"][0] in gate_probs:
                 input_label, index = e["gate"]
                 term = term * torch.clamp(n_chosen[input_label] * gate_probs[input_label][index], max=1.0)

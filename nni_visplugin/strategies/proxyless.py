@@ -162,6 +162,7 @@ class ProxylessStrategy(DartsStrategy):
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
         self._sampler = _Sampler()
+        self._module_cache: tuple[nn.Module, dict, dict] | None = None
         self.latency_table: LatencyTable | None = None
         self._space_name: str | None = None
 
@@ -186,9 +187,13 @@ class ProxylessStrategy(DartsStrategy):
                                self._sampler)
 
     def _modules(self, supernet: nn.Module) -> tuple[dict[str, BinaryGateOp], dict[str, BinaryGateInput]]:
-        mods = choice_modules(supernet)
-        return ({k: m for k, m in mods.items() if isinstance(m, BinaryGateOp)},
-                {k: m for k, m in mods.items() if isinstance(m, BinaryGateInput)})
+        # Looked up every step: walk the module tree once per supernet, not once per step.
+        if self._module_cache is None or self._module_cache[0] is not supernet:
+            mods = choice_modules(supernet)
+            self._module_cache = (supernet,
+                                  {k: m for k, m in mods.items() if isinstance(m, BinaryGateOp)},
+                                  {k: m for k, m in mods.items() if isinstance(m, BinaryGateInput)})
+        return self._module_cache[1], self._module_cache[2]
 
     # ---------------------------------------------------------------- sampling
     def _draw_inputs(self, inputs: dict[str, BinaryGateInput]) -> None:
