@@ -151,6 +151,10 @@ class SearchConfig:
         for key, value in overrides.items():
             if key.startswith("space."):
                 name = key[len("space."):]
+                if name == "in_channels":
+                    # Allowed as a statement about the data, which must then agree (see check_in_channels).
+                    top["space_kwargs"][name] = _coerce(value, 0, key)
+                    continue
                 if name in DATA_KWARGS:
                     raise ConfigError(f"{key} is set from the dataset and cannot be overridden")
                 if name not in space_defaults:
@@ -185,12 +189,31 @@ class SearchConfig:
             raise ConfigError(f"image_size must be >= 1, got {self.image_size}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        from nni_visplugin.data import CHANNELS
+        if self.dataset in CHANNELS:
+            self.check_in_channels(CHANNELS[self.dataset])
         # Build the strategy once so its own validation speaks now, not after the data is loaded.
         from nni_visplugin.registry import STRATEGIES
         try:
             STRATEGIES.create(self.strategy, **self.strategy_kwargs)
         except (TypeError, ValueError) as exc:
             raise ConfigError(str(exc)) from None
+
+    def check_in_channels(self, channels: int) -> None:
+        """Refuse a ``space.in_channels`` setting that differs from the dataset's ``channels``.
+
+        Called with the channels the dataset is known to have when the config is created, and with
+        those of the images really read when a search starts.
+        """
+        wanted = self.space_kwargs.get("in_channels")
+        if wanted is None or wanted == channels:
+            return
+        if wanted < 1:
+            raise ConfigError(f"space.in_channels must be >= 1, got {wanted}; remove the setting: "
+                              f"dataset {self.dataset} has {channels}-channel images")
+        read_as = " (image folders are read as RGB)" if self.dataset == "imagefolder" else ""
+        raise ConfigError(f"space.in_channels={wanted} but dataset {self.dataset} has {channels}-channel images"
+                          f"{read_as}: remove the setting or use a dataset with {wanted} channel{'s' * (wanted != 1)}")
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self)}

@@ -17,11 +17,14 @@ from typing import Iterator
 import numpy as np
 import torch
 
-__all__ = ["DATASETS", "Splits", "TensorLoader", "load_dataset", "DatasetError"]
+__all__ = ["DATASETS", "CHANNELS", "Splits", "TensorLoader", "load_dataset", "DatasetError"]
 
 _logger = logging.getLogger(__name__)
 
 DATASETS = ("digits", "fashion-mnist", "cifar10", "imagefolder")
+# Channels of the images each dataset yields, known before it is read. An image folder is read as
+# RGB whatever its files hold: a grayscale image comes out with its one channel repeated three times.
+CHANNELS = {"digits": 1, "fashion-mnist": 1, "cifar10": 3, "imagefolder": 3}
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 
 

@@ -122,6 +122,7 @@ def run_search(config: SearchConfig, out_dir: str | os.PathLike, *,
     splits = load_dataset(config.dataset, config.data_dir, val_fraction=config.val_fraction,
                           max_train_samples=config.max_train_samples, image_size=config.image_size,
                           with_test=False, download=config.download)
+    config.check_in_channels(splits.input_shape[0])  # before anything is built or trained
     search_kwargs = {**config.space_kwargs, **data_kwargs(splits)}
     space = SPACES.create(config.space, **search_kwargs)
     strategy = STRATEGIES.create(config.strategy, **config.strategy_kwargs)

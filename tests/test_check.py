@@ -42,6 +42,20 @@ CASES = {
     "bad sampler": ({**BASE, "tuner": {**BASE["tuner"], "classArgs": {"sampler": "bayes"}}}, "tuner.classArgs.sampler: unknown sampler 'bayes'"),
     "bad tuner arg": ({**BASE, "tuner": {**BASE["tuner"], "classArgs": {"seeed": 1}}}, "unknown argument(s) seeed"),
     "no trialCommand": ({k: v for k, v in BASE.items() if k != "trialCommand"}, "trialCommand: missing"),
+    "channels vs digits": (_with(command_extra="--set space.in_channels=3"),
+                           "trialCommand: space.in_channels=3 but dataset digits has 1-channel images: "
+                           "remove the setting or use a dataset with 3 channels"),
+    "channels vs fashion-mnist": (_with(command_extra="--dataset fashion-mnist --set space.in_channels=3"),
+                                  "space.in_channels=3 but dataset fashion-mnist has 1-channel images"),
+    "channels vs imagefolder": (_with(command_extra="--dataset imagefolder --data-dir /nonexistent/img "
+                                                    "--set space.in_channels=1"),
+                                "space.in_channels=1 but dataset imagefolder has 3-channel images (image folders "
+                                "are read as RGB): remove the setting or use a dataset with 1 channel"),
+    "channels tuned": (_with(space_extra={"space.in_channels": {"_type": "choice", "_value": [3]}}),
+                       "searchSpace.space.in_channels: space.in_channels=3 but dataset digits has 1-channel images"),
+    "channels zero": (_with(command_extra="--set space.in_channels=0"), "space.in_channels must be >= 1, got 0"),
+    "channels not a number": (_with(command_extra="--set space.in_channels=rgb"),
+                              "space.in_channels must be an integer, got 'rgb'"),
 }
 
 
@@ -90,3 +104,53 @@ def test_cli_exit_codes(tmp_path):
     assert out.returncode == 1
     assert out.stderr.strip().splitlines() == [f"{bad}: trialCommand: unknown space 'nas201'; known: "
                                                "darts_cell, proxyless_mobile, seed_cells"]
+
+
+def test_in_channels_that_match_the_data_are_accepted(tmp_path):
+    (tmp_path / "cifar").mkdir()
+    for extra in ("--set space.in_channels=1", f"--dataset cifar10 --data-dir {tmp_path / 'cifar'} --set space.in_channels=3"):
+        path = tmp_path / "exp.yml"
+        path.write_text(yaml.safe_dump(_with(command_extra=extra)))
+        assert check_experiment(path) == [], extra
+
+
+def test_known_channels_are_those_of_the_images_read(tmp_path):
+    """The table the config is checked against agrees with the loaders, grayscale image folders included."""
+    from PIL import Image
+
+    from nni_visplugin.data import CHANNELS, load_dataset
+
+    for label in ("a", "b"):
+        (tmp_path / label).mkdir()
+        for i in range(10):
+            Image.new("L", (8, 8), color=20 * i).save(tmp_path / label / f"{i}.png")
+    assert load_dataset("imagefolder", tmp_path, image_size=8).input_shape == (CHANNELS["imagefolder"], 8, 8)
+    assert load_dataset("digits").input_shape[0] == CHANNELS["digits"]
+
+
+def test_run_search_refuses_other_channels_before_building_anything(tmp_path, monkeypatch):
+    import dataclasses
+
+    from nni_visplugin import search
+    from nni_visplugin.config import ConfigError, SearchConfig
+
+    def built(*args, **kwargs):
+        raise AssertionError("the search built its space or strategy before checking the channels")
+
+    # A config made without create() skips its checks: the search itself must refuse the data.
+    config = dataclasses.replace(SearchConfig.create({"epochs": 1}), space_kwargs={"in_channels": 3})
+    monkeypatch.setattr(search.SPACES, "create", built)
+    monkeypatch.setattr(search.STRATEGIES, "create", built)
+    with pytest.raises(ConfigError, match="space.in_channels=3 but dataset digits has 1-channel images: "
+                                          "remove the setting or use a dataset with 3 channels"):
+        search.run_search(config, tmp_path / "out")
+    assert list((tmp_path / "out").iterdir()) == []  # no checkpoint, no alphas: nothing ran
+
+
+def test_trial_refuses_other_channels_at_start_up(tmp_path, monkeypatch):
+    from nni_visplugin import search, trial
+    from nni_visplugin.config import ConfigError
+
+    monkeypatch.setattr(search, "run_search", lambda *a, **k: pytest.fail("the trial started a search"))
+    with pytest.raises(ConfigError, match="space.in_channels=3 but dataset fashion-mnist has 1-channel images"):
+        trial.main(["--dataset", "fashion-mnist", "--set", "space.in_channels=3", "--out", str(tmp_path)])
