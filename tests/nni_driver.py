@@ -8,7 +8,9 @@ Usage: python nni_driver.py CONFIG PORT OUT_JSON TIMEOUT_SECONDS [BROWSE_DIR]
 
 With BROWSE_DIR, once the experiment has ended (and before it is stopped), headless Chromium opens
 the web UI's pages from inside the same namespace and saves each page's rendered DOM and a
-screenshot there.
+screenshot there; then, driven over the DevTools protocol, it opens each trial's intermediate-result
+chart from the trial list and records what the chart shows (``intermediate-N.png``, N the trial's
+place in sequence order).
 """
 from __future__ import annotations
 
@@ -55,7 +57,7 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--hide-scrollbars", "--window-size=1600,1100", "--virtual-time-budget=20000"]
 
 
-def _browse(port: int, out_dir: Path) -> dict:
+def _browse(port: int, out_dir: Path, trial_ids: list[str]) -> dict:
     import shutil
     import tempfile
 
@@ -72,6 +74,10 @@ def _browse(port: int, out_dir: Path) -> dict:
             flags = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}"]
             subprocess.run(flags + [f"--screenshot={out_dir / (name + '.png')}", url], capture_output=True, timeout=120)
         done[name] = {"url": url, "dom_bytes": len(dom.stdout), "screenshot": (out_dir / f"{name}.png").exists()}
+    from webui_charts import show_intermediate
+
+    flags = [f for f in CHROMIUM_FLAGS if not f.startswith("--virtual-time-budget")]
+    done["intermediate"] = show_intermediate(chromium, flags, f"http://127.0.0.1:{port}/detail", out_dir, trial_ids)
     return done
 
 
@@ -144,7 +150,8 @@ def main() -> int:
         report["trials"] = _get(port, "trial-jobs")
         report["metrics"] = _get(port, "metric-data")
         if len(sys.argv) > 5:
-            report["browsed"] = _browse(port, Path(sys.argv[5]))
+            trials = sorted(report["trials"], key=lambda t: t["sequenceId"])
+            report["browsed"] = _browse(port, Path(sys.argv[5]), [t["trialJobId"] for t in trials])
     finally:
         manifest = Path(os.environ["HOME"]) / "nni-experiments" / ".experiment"
         if manifest.exists():

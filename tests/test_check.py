@@ -108,7 +108,8 @@ def test_cli_exit_codes(tmp_path):
 
 def test_in_channels_that_match_the_data_are_accepted(tmp_path):
     (tmp_path / "cifar").mkdir()
-    for extra in ("--set space.in_channels=1", f"--dataset cifar10 --data-dir {tmp_path / 'cifar'} --set space.in_channels=3"):
+    cifar = f"--dataset cifar10 --data-dir {tmp_path / 'cifar'}"
+    for extra in ("--set space.in_channels=1", f"{cifar} --set space.in_channels=3"):
         path = tmp_path / "exp.yml"
         path.write_text(yaml.safe_dump(_with(command_extra=extra)))
         assert check_experiment(path) == [], extra
