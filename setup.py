@@ -34,9 +34,12 @@ setup(
         "scikit-learn>=1.2",  # the embedded digits dataset
         "PyYAML>=6",
         "tqdm>=4.60",
+        "matplotlib>=3.7",  # Pareto plots and report figures
     ],
     extras_require={
-        "test": ["pytest>=7", "pytest-timeout>=2.1"],
+        # A shared Optuna study on a PostgreSQL server (tuner classArgs storage_env).
+        "postgres": ["psycopg2-binary>=2.9"],
+        "test": ["pytest>=7", "pytest-timeout>=2.1", "psycopg2-binary>=2.9"],
     },
     entry_points={
         "console_scripts": ["nni-visplugin=nni_visplugin.cli:main"],

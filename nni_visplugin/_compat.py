@@ -49,3 +49,42 @@ def current_parameter_id() -> int | None:
 
     params = getattr(nni.trial, "_params", None)
     return params.get("parameter_id") if isinstance(params, dict) else None
+
+
+def report_to_nni_manager(message: str) -> bool:
+    """End the running experiment with ``message``: the NNI manager marks it ERROR at once.
+
+    NNI 3.0's dispatcher catches an exception of the tuner or assessor in a worker thread, logs it
+    and goes on waiting for commands, so the experiment stays RUNNING with nothing to show (its
+    ``report_error`` is only reached when the dispatcher's main loop itself raises). The plugin's
+    tuner and assessor call this instead: it finds the dispatcher that called them on the stack and
+    sends its ``Error`` command, which the manager turns into the ERROR status. Before a dispatcher
+    exists (an exception while the tuner is being built) it connects to the manager's tuner channel
+    itself, as the dispatcher would have, and sends the same command. Returns whether it was sent.
+    """
+    import os
+    import sys
+
+    from nni.runtime.msg_dispatcher_base import MsgDispatcherBase
+
+    frame = sys._getframe(1)
+    while frame is not None:
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, MsgDispatcherBase):
+            owner.report_error(message)
+            return True
+        frame = frame.f_back
+    url = os.environ.get("NNI_TUNER_COMMAND_CHANNEL")
+    if not url:
+        return False  # not inside an NNI experiment: the exception itself is the report
+    from nni.runtime.tuner_command_channel.channel import TunerCommandChannel
+    from nni.runtime.tuner_command_channel.command_type import CommandType
+
+    try:
+        channel = TunerCommandChannel(url)
+        channel.connect()
+        channel._send(CommandType.Error, message)
+        channel.disconnect()
+        return True
+    except Exception:  # the manager is gone: nothing left to tell
+        return False

@@ -17,6 +17,7 @@ __all__ = ["check_experiment"]
 
 TRIAL_MODULE = "nni_visplugin.trial"
 TUNER_CLASS = "nni_visplugin.tuners.OptunaTuner"
+ASSESSOR_CLASS = "nni_visplugin.tuners.OptunaAssessor"
 
 
 def _trial_args(command: str) -> list[str] | None:
@@ -87,20 +88,57 @@ def _check_tuner(tuner: Any) -> list[str]:
     if tuner.get("className") != TUNER_CLASS:
         return []  # someone else's tuner: not ours to judge
     from nni_visplugin.registry import check_kwargs
-    from nni_visplugin.tuners.optuna_tuner import SAMPLERS, OptunaTuner
+    from nni_visplugin.tuners._study import make_sampler, storage_url
+    from nni_visplugin.tuners.optuna_tuner import OptunaTuner, _objectives
 
     args = tuner.get("classArgs") or {}
     problems = []
+    if "codeDirectory" not in tuner:
+        problems.append("tuner.codeDirectory: NNI requires it with className; use '.'")
     try:
         check_kwargs(OptunaTuner, args, "tuner.classArgs")
     except TypeError as exc:
-        problems.append(str(exc))
-    if args.get("sampler", "tpe") not in SAMPLERS:
-        problems.append(f"tuner.classArgs.sampler: unknown sampler {args['sampler']!r}; known: {', '.join(SAMPLERS)}")
-    if args.get("optimize_mode", "maximize") not in ("maximize", "minimize"):
-        problems.append("tuner.classArgs.optimize_mode: must be maximize or minimize")
-    if "codeDirectory" not in tuner:
-        problems.append("tuner.codeDirectory: NNI requires it with className; use '.'")
+        return problems + [str(exc)]
+    # The same validation the tuner runs when NNI starts it, short of opening the storage.
+    steps = (
+        lambda: _objectives(args.get("objectives"), args.get("optimize_mode"), args.get("metric", "default")),
+        lambda: storage_url(args.get("storage"), args.get("storage_env")),
+        lambda: make_sampler(args.get("sampler", "tpe"), args.get("seed"), len(args.get("objectives") or {}) > 1,
+                             args.get("sampler_args")),
+    )
+    for step in steps:
+        try:
+            step()
+        except (ValueError, TypeError) as exc:
+            problems.append(f"tuner.classArgs: {exc}")
+    return problems
+
+
+def _check_assessor(assessor: Any, tuner: Any) -> list[str]:
+    if assessor is None or not isinstance(assessor, dict) or assessor.get("className") != ASSESSOR_CLASS:
+        return []
+    from nni_visplugin.registry import check_kwargs
+    from nni_visplugin.tuners._study import PRUNERS, make_pruner
+    from nni_visplugin.tuners.optuna_assessor import OptunaAssessor
+
+    args = assessor.get("classArgs") or {}
+    problems = []
+    if "codeDirectory" not in assessor:
+        problems.append("assessor.codeDirectory: NNI requires it with className; use '.'")
+    try:
+        check_kwargs(OptunaAssessor, args, "assessor.classArgs")
+    except TypeError as exc:
+        return problems + [str(exc)]
+    name = args.get("pruner", "median")
+    if name not in PRUNERS:
+        try:
+            make_pruner(name, args.get("pruner_args") or {})
+        except (ValueError, TypeError) as exc:
+            problems.append(f"assessor.classArgs.pruner: {exc}")
+    tuner_args = (tuner or {}).get("classArgs") or {} if isinstance(tuner, dict) else {}
+    if isinstance(tuner_args.get("objectives"), dict) and len(tuner_args["objectives"]) > 1:
+        problems.append("assessor: Optuna prunes single-objective studies only and the tuner has objectives: "
+                        "remove the assessor or the objectives")
     return problems
 
 
@@ -123,6 +161,7 @@ def check_experiment(path: str | Path) -> list[str]:
 
     problems: list[str] = []
     problems += _check_tuner(doc.get("tuner"))
+    problems += _check_assessor(doc.get("assessor"), doc.get("tuner"))
     command = doc.get("trialCommand")
     if not isinstance(command, str) or not command.strip():
         return problems + ["trialCommand: missing; use python -m nni_visplugin.trial [--space ...] [--set key=value]"]

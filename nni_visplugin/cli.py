@@ -1,4 +1,4 @@
-"""``nni-visplugin``: list what is registered, run a search by hand, find an experiment's best trial."""
+"""``nni-visplugin``: list what is registered, run a search by hand, read an experiment's results and study."""
 from __future__ import annotations
 
 import argparse
@@ -48,7 +48,6 @@ def _cmd_latency(args: argparse.Namespace) -> int:
     bad = [k for k in overrides if not k.startswith("space.")]
     if bad:
         raise ConfigError(f"latency takes only space.<argument> settings, got {', '.join(bad)}")
-    config = SearchConfig.create({"space": args.space, **overrides})
     if args.input_shape:
         try:
             c, h, w = (int(v) for v in args.input_shape.split(","))
@@ -56,11 +55,15 @@ def _cmd_latency(args: argparse.Namespace) -> int:
             raise ConfigError(f"--input-shape expects C,H,W, got {args.input_shape!r}") from None
         if h != w:
             raise ConfigError("--input-shape: the spaces take square images")
+        if "space.in_channels" in overrides and overrides.pop("space.in_channels") != c:
+            raise ConfigError(f"space.in_channels does not match --input-shape {args.input_shape}: remove one")
         data = {"in_channels": c, "image_size": h, "num_classes": args.num_classes}
+        config = SearchConfig.create({"space": args.space, **overrides})
     else:
         from nni_visplugin.data import load_dataset
         from nni_visplugin.search import data_kwargs
 
+        config = SearchConfig.create({"space": args.space, "dataset": args.dataset, **overrides})
         data = data_kwargs(load_dataset(args.dataset, args.data_dir))
     if args.threads:
         import torch
@@ -137,6 +140,47 @@ def _cmd_best(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_pareto(args: argparse.Namespace) -> int:
+    from nni_visplugin.search import write_json
+    from nni_visplugin.studies import open_study, pareto_front, plot_pareto
+
+    study = open_study(args.source, args.study, args.root)
+    front = pareto_front(study)
+    objectives = front["objectives"]
+    print(f"Pareto front of {front['study']}: {len(front['trials'])} of {front['completed_trials']} completed trials")
+    header = "".join(f"{o['name'] + ' (' + o['direction'][:3] + ')':>22}" for o in objectives)
+    print(f"{'trial':>6}{header}  hyperparameters")
+    for row in front["trials"]:
+        values = "".join(f"{v:>22.4g}" for v in row["values"])
+        print(f"{row['number']:>6}{values}  {json.dumps(row['params'], sort_keys=True)}")
+    out = Path(args.out)
+    write_json(out / "pareto.json", front)
+    plot_pareto(study, front, out / "pareto.png")
+    print(f"written: {out / 'pareto.json'}, {out / 'pareto.png'}")
+    return 0
+
+
+def _cmd_importance(args: argparse.Namespace) -> int:
+    from nni_visplugin.studies import open_study, param_importances
+
+    study = open_study(args.source, args.study, args.root)
+    importances = param_importances(study, args.evaluator, args.objective, args.seed)
+    print(f"hyperparameter importance in {study.study_name} ({args.evaluator}):")
+    width = max(len(k) for k in importances)
+    for name, value in importances.items():
+        print(f"  {name:<{width}} {value:6.3f} {'#' * round(40 * value)}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(importances, indent=1) + "\n")
+    return 0
+
+
+def _study_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", help="experiment id, experiment directory, storage URL, or env:VARIABLE holding a URL")
+    p.add_argument("--study", default=None, help="study name (default: nni-<experiment id>, or the storage's only study)")
+    p.add_argument("--root", default=str(DEFAULT_EXPERIMENT_ROOT),
+                   help="NNI's experimentWorkingDirectory (default: ~/nni-experiments)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from nni_visplugin.trial import build_parser as trial_parser
 
@@ -175,6 +219,21 @@ def build_parser() -> argparse.ArgumentParser:
                       help="NNI's experimentWorkingDirectory (default: ~/nni-experiments)")
     best.add_argument("--top", type=int, default=10, help="rows to print")
     best.set_defaults(func=_cmd_best)
+
+    pareto = sub.add_parser("pareto", help="print a multi-objective study's Pareto front; write it as JSON and PNG")
+    _study_arguments(pareto)
+    pareto.add_argument("--out", default=".", help="directory for pareto.json and pareto.png (default: .)")
+    pareto.set_defaults(func=_cmd_pareto)
+
+    from nni_visplugin.studies import EVALUATORS
+
+    imp = sub.add_parser("importance", help="how much each search hyperparameter mattered (Optuna's evaluators)")
+    _study_arguments(imp)
+    imp.add_argument("--evaluator", choices=EVALUATORS, default="fanova")
+    imp.add_argument("--objective", default=None, help="objective name, for a multi-objective study")
+    imp.add_argument("--seed", type=int, default=0, help="seed of the fanova/mdi forests")
+    imp.add_argument("--json", default=None, help="also write the importances to this JSON file")
+    imp.set_defaults(func=_cmd_importance)
     return parser
 
 
@@ -183,10 +242,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from nni_visplugin.config import ConfigError
     from nni_visplugin.data import DatasetError
+    from nni_visplugin.studies import StudyError
 
     try:
         return args.func(args)
-    except (ConfigError, DatasetError, FileNotFoundError, KeyError) as exc:
+    except (ConfigError, DatasetError, StudyError, FileNotFoundError, KeyError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"nni-visplugin: error: {message}", file=sys.stderr)
         return 2

@@ -61,7 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     _logger.info("trial %s: %s", nni.get_trial_id(), config)
 
     def report_epoch(epoch: int, record: dict[str, Any]) -> None:
-        nni.report_intermediate_result(record["val_accuracy"])
+        # parameter_id names the Optuna trial for the assessor (and shows in the web UI next to the curve).
+        nni.report_intermediate_result({"default": record["val_accuracy"],
+                                        "parameter_id": parameter_id if parameter_id is not None else -1})
 
     try:
         result = run_search(config, out, on_epoch=report_epoch)

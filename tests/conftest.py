@@ -30,7 +30,7 @@ def _netns_available() -> bool:
 
 
 def run_experiment(tmp_path: Path, config: dict, timeout: float = 400, browse_dir: Path | None = None,
-                   kill_after: int = 0) -> dict:
+                   kill_after: int = 0, env: dict[str, str] | None = None) -> dict:
     """Run ``config`` with the real nnictl and NNI manager; returns what the manager reported.
 
     The experiment gets its own working directory and HOME (NNI keeps a manifest of experiments in
@@ -41,11 +41,12 @@ def run_experiment(tmp_path: Path, config: dict, timeout: float = 400, browse_di
 
     home = tmp_path / "home"
     home.mkdir(exist_ok=True)
-    config = {**config, "experimentWorkingDirectory": str(tmp_path / "nni")}
+    config = {"experimentWorkingDirectory": str(tmp_path / "nni"), **config}
     config_path = tmp_path / "experiment.yml"
     config_path.write_text(yaml.safe_dump(config))
     out = tmp_path / "driver.json"
-    env = {**os.environ, "HOME": str(home), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env = {**os.environ, **(env or {}), "HOME": str(home),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     cmd = [sys.executable, str(DRIVER), str(config_path), str(free_port()), str(out), str(timeout)]
     if browse_dir is not None:
         cmd.append(str(browse_dir))

@@ -32,6 +32,18 @@ def _get(port: int, path: str):
         return json.loads(r.read())
 
 
+def _web_logs(port: int) -> dict:
+    """The two logs the web UI's log panel shows (it fetches them from these addresses)."""
+    logs = {}
+    for name in ("dispatcher.log", "nnimanager.log"):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/logs/{name}", timeout=10) as r:
+                logs[name] = r.read().decode(errors="replace")[-20000:]
+        except OSError as exc:
+            logs[name] = f"<not served: {exc}>"
+    return logs
+
+
 def _kill_leftovers(exp_dir: Path, manager_pid: int | None) -> list[int]:
     """SIGKILL every process of this experiment that survived ``nnictl stop``."""
     killed = []
@@ -140,6 +152,7 @@ def main() -> int:
                 time.sleep(1)
                 continue
             report["status"], report["errors"] = status.get("status"), status.get("errors", [])
+            report.setdefault("status_seen_at", {}).setdefault(report["status"], time.time())
             if report["status"] in ("DONE", "ERROR", "STOPPED"):
                 break
             time.sleep(2)
@@ -149,6 +162,10 @@ def main() -> int:
         exp_id = report["experiment"].get("id")
         report["trials"] = _get(port, "trial-jobs")
         report["metrics"] = _get(port, "metric-data")
+        if report["status"] == "ERROR":
+            report["web_logs"] = _web_logs(port)
+            shown = subprocess.run([nnictl, "log", "stderr", exp_id], capture_output=True, text=True, timeout=60)
+            report["nnictl_log_stderr"] = shown.stdout[-5000:] + shown.stderr[-2000:]
         if len(sys.argv) > 5:
             trials = sorted(report["trials"], key=lambda t: t["sequenceId"])
             report["browsed"] = _browse(port, Path(sys.argv[5]), [t["trialJobId"] for t in trials])

@@ -23,6 +23,8 @@ def _with(**changes):
     return doc
 
 
+NO_ASSESSOR = {k: v for k, v in BASE.items() if k != "assessor"}
+
 # case -> (config, the line must contain)
 CASES = {
     "unknown setting": (_with(command_extra="--set arch_lrr=0.1"), "unknown setting 'arch_lrr'"),
@@ -39,7 +41,23 @@ CASES = {
     "tuned value invalid": (_with(space_extra={"epochs": {"_type": "uniform", "_value": [1.5, 2.5]}}), "searchSpace.epochs: epochs must be an integer"),
     "missing dataset dir": (_with(command_extra="--dataset fashion-mnist --data-dir /nonexistent/fm"), "--data-dir: /nonexistent/fm does not exist"),
     "cifar without dir": (_with(command_extra="--dataset cifar10"), "--data-dir: dataset cifar10 needs a data directory"),
-    "bad sampler": ({**BASE, "tuner": {**BASE["tuner"], "classArgs": {"sampler": "bayes"}}}, "tuner.classArgs.sampler: unknown sampler 'bayes'"),
+    "bad sampler": ({**BASE, "tuner": {**BASE["tuner"], "classArgs": {"sampler": "bayes"}}}, "tuner.classArgs: unknown sampler 'bayes'"),
+    "password in storage": ({**BASE, "tuner": {**BASE["tuner"], "classArgs": {"storage": "postgresql://u:pw@db/x"}}},
+                            "tuner.classArgs: storage: the URL holds a password"),
+    "storage_env unset": ({**BASE, "tuner": {**BASE["tuner"], "classArgs": {"storage_env": "NNI_VISPLUGIN_UNSET_VAR"}}},
+                          "tuner.classArgs: storage_env: the environment variable NNI_VISPLUGIN_UNSET_VAR is not set"),
+    "bad objective mode": ({**BASE, "tuner": {**BASE["tuner"], "classArgs": {"objectives": {"default": "max"}}}},
+                           "tuner.classArgs: objectives.default: must be maximize or minimize"),
+    "one-objective sampler": ({**NO_ASSESSOR, "tuner": {**BASE["tuner"], "classArgs": {
+        "sampler": "cmaes", "objectives": {"default": "maximize", "num_params": "minimize"}}}},
+        "tuner.classArgs: sampler 'cmaes' optimises one objective"),
+    "bad pruner": ({**BASE, "assessor": {**BASE["assessor"], "classArgs": {"pruner": "nope.Pruner"}}},
+                   "assessor.classArgs.pruner: cannot import 'nope.Pruner'"),
+    "bad assessor arg": ({**BASE, "assessor": {**BASE["assessor"], "classArgs": {"warmup": 1}}},
+                         "unknown argument(s) warmup"),
+    "assessor on a Pareto search": ({**BASE, "tuner": {**BASE["tuner"], "classArgs": {
+        "sampler": "nsga2", "objectives": {"default": "maximize", "num_params": "minimize"}}}},
+        "assessor: Optuna prunes single-objective studies only"),
     "bad tuner arg": ({**BASE, "tuner": {**BASE["tuner"], "classArgs": {"seeed": 1}}}, "unknown argument(s) seeed"),
     "no trialCommand": ({k: v for k, v in BASE.items() if k != "trialCommand"}, "trialCommand: missing"),
     "channels vs digits": (_with(command_extra="--set space.in_channels=3"),

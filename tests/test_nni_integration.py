@@ -34,6 +34,12 @@ def test_shipped_darts_config_is_valid():
     assert config["trialConcurrency"] >= 2 and config["maxTrialNumber"] >= 8
 
 
+def _decode(metric: dict):
+    """A metric record's value: NNI stores dict results JSON-encoded twice."""
+    data = json.loads(metric["data"])
+    return json.loads(data) if isinstance(data, str) else data
+
+
 def _tiny(config: dict, trials: int) -> dict:
     """The shipped experiment, shrunk: fewer and shorter trials on a smaller supernet."""
     config = dict(config)
@@ -41,6 +47,8 @@ def _tiny(config: dict, trials: int) -> dict:
     config["maxExperimentDuration"] = "8m"
     config["trialCodeDirectory"] = str(REPO / "experiments")
     config["tuner"] = {**config["tuner"], "codeDirectory": str(REPO / "experiments")}
+    if "assessor" in config:  # kept: with at most 2 epochs it judges but never stops a trial (warm-up)
+        config["assessor"] = {**config["assessor"], "codeDirectory": str(REPO / "experiments")}
     config["searchSpace"] = {**config["searchSpace"], "epochs": {"_type": "choice", "_value": [1, 2]}}
     config["trialCommand"] = (config["trialCommand"].replace("space.width=8", "space.width=4")
                               .replace("space.num_cells=5", "space.num_cells=2")
@@ -102,6 +110,11 @@ def test_every_result_is_paired_with_its_own_parameters(experiment):
         assert optuna_trial.value == pytest.approx(result["val_accuracy"])
         assert result["hyperparameters"]["arch_lr"] == ran["parameters"]["arch_lr"]
         assert metric_ids[ran["trial_id"]] == ran["parameter_id"]
+        # The assessor handed every epoch's supernet accuracy to this trial's Optuna trial.
+        curve = [_decode(m)["default"] for m in experiment["metrics"]
+                 if m["type"] == "PERIODICAL" and m["trialJobId"] == ran["trial_id"]]
+        assert len(curve) == ran["parameters"]["epochs"]
+        assert [optuna_trial.intermediate_values[i] for i in range(len(curve))] == pytest.approx(curve)
 
 
 def test_best_command_finds_the_best_trial_of_a_real_experiment(experiment):
@@ -192,8 +205,7 @@ def test_proxyless_experiment_reports_accuracy_and_latency(proxyless_experiment)
     assert proxyless_experiment["status"] == "DONE", proxyless_experiment
     trials = proxyless_experiment["trials"]
     assert len(trials) == 2 and all(t["status"] == "SUCCEEDED" for t in trials)
-    finals = [json.loads(json.loads(m["data"])) if isinstance(json.loads(m["data"]), str) else json.loads(m["data"])
-              for m in proxyless_experiment["metrics"] if m["type"] == "FINAL"]
+    finals = [_decode(m) for m in proxyless_experiment["metrics"] if m["type"] == "FINAL"]
     assert len(finals) == 2
     for final in finals:
         assert 0.0 <= final["default"] <= 1.0  # the accuracy is the result NNI ranks by

@@ -102,10 +102,19 @@ def test_results_reach_their_own_trial_whatever_the_order():
 
 def test_success_without_a_result_and_nan_results_are_failures():
     tuner, _ = _draw({"u": {"_type": "uniform", "_value": [0, 1]}}, 0)
-    p0, p1 = tuner.generate_parameters(0), tuner.generate_parameters(1)
+    p0, p1, p2 = tuner.generate_parameters(0), tuner.generate_parameters(1), tuner.generate_parameters(2)
     tuner.trial_end(0, success=True)
+    tuner.trial_end(2, success=True)
+    # NNI delivers the end of a trial and its final result through two queues: a result that comes
+    # after the end still counts ...
+    tuner.receive_trial_result(2, p2, 0.5)
     tuner.receive_trial_result(1, p1, float("nan"))
-    assert [t.state for t in tuner.study.get_trials()] == [TrialState.FAIL, TrialState.FAIL]
+    states = [t.state for t in tuner.study.get_trials()]
+    assert states == [TrialState.RUNNING, TrialState.FAIL, TrialState.COMPLETE]
+    # ... until NNI asks for the next trial, which it does only after both queues have delivered.
+    tuner.generate_parameters(3)
+    states = [t.state for t in tuner.study.get_trials()]
+    assert states == [TrialState.FAIL, TrialState.FAIL, TrialState.COMPLETE, TrialState.RUNNING]
 
 
 def test_import_data_adds_each_record_once():
@@ -190,3 +199,76 @@ def test_storage_password_never_reaches_the_log(caplog):
     with caplog.at_level("INFO"):
         OptunaTuner()
     assert "memory" in caplog.text
+
+
+def test_storage_with_a_password_is_refused_and_storage_env_is_read(tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match="holds a password.*storage_env"):
+        OptunaTuner(storage="postgresql://user:s3cret@127.0.0.1:5432/db")
+    with pytest.raises(ValueError, match="NNI_VISPLUGIN_TEST_NO_SUCH_VAR is not set"):
+        OptunaTuner(storage_env="NNI_VISPLUGIN_TEST_NO_SUCH_VAR")
+    with pytest.raises(ValueError, match="either storage or storage_env"):
+        OptunaTuner(storage="sqlite:///x.db", storage_env="X")
+    url = f"sqlite:///{tmp_path / 'env.db'}"
+    monkeypatch.setenv("MY_STUDY_URL", url)
+    tuner = OptunaTuner(storage_env="MY_STUDY_URL", study_name="from-env")
+    assert tuner.storage_url == url
+    assert optuna.load_study(study_name="from-env", storage=url).study_name == "from-env"
+
+
+MULTI = {"default": "maximize", "num_params": "minimize"}
+
+
+def test_multi_objective_study_gets_every_objective_of_its_own_result():
+    for sampler in ("nsga2", "motpe", "tpe", "nsga3", "random"):
+        tuner = OptunaTuner(objectives=MULTI, sampler=sampler, seed=0)
+        tuner.update_search_space({"w": {"_type": "randint", "_value": [1, 50]}})
+        params = {i: tuner.generate_parameters(i) for i in range(10)}
+        for i in reversed(range(10)):  # out of order, as concurrent trials report
+            w = params[i]["w"]
+            tuner.receive_trial_result(i, params[i], {"default": 1 - 1 / w, "num_params": 1000 * w, "x": 3})
+        trials = tuner.study.get_trials()
+        assert all(t.state == TrialState.COMPLETE for t in trials)
+        for t in trials:
+            w = t.params["w"]
+            assert t.values == [pytest.approx(1 - 1 / w), 1000 * w] and t.user_attrs["result_x"] == 3
+        assert tuner.study.metric_names == ["default", "num_params"]
+        front = {t.number for t in tuner.study.best_trials}
+        assert front == {t.number for t in trials}  # every trade-off here is Pareto-optimal
+
+
+def test_multi_objective_results_missing_an_objective_fail():
+    tuner = OptunaTuner(objectives=MULTI, sampler="nsga2", seed=0)
+    tuner.update_search_space({"w": {"_type": "randint", "_value": [1, 50]}})
+    p = [tuner.generate_parameters(i) for i in range(3)]
+    tuner.receive_trial_result(0, p[0], 0.9)  # a bare number has no num_params
+    tuner.receive_trial_result(1, p[1], {"default": 0.9})
+    tuner.receive_trial_result(2, p[2], {"default": 0.9, "num_params": float("inf")})
+    assert [t.state for t in tuner.study.get_trials()] == [TrialState.FAIL] * 3
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"objectives": {"default": "maximize"}, "optimize_mode": "maximize"}, "leave out optimize_mode and metric"),
+    ({"objectives": ["default", "num_params"]}, "objectives must map result keys"),
+    ({"objectives": {"default": "up", "num_params": "minimize"}}, "objectives.default: must be maximize or minimize"),
+    ({"objectives": MULTI, "sampler": "cmaes"}, "sampler 'cmaes' optimises one objective"),
+    ({"sampler": "no_such_module:Sampler"}, "cannot import 'no_such_module:Sampler'"),
+    ({"sampler_args": [1]}, "sampler_args must be a mapping"),
+])
+def test_bad_tuner_arguments_are_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        OptunaTuner(**kwargs)
+
+
+def test_a_study_with_other_objectives_is_not_reused(tmp_path):
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    OptunaTuner(storage=url, study_name="s")
+    with pytest.raises(ValueError, match="already exists with other objectives"):
+        OptunaTuner(storage=url, study_name="s", objectives=MULTI)
+
+
+def test_a_custom_sampler_class_by_name_gets_the_seed():
+    tuner = OptunaTuner(sampler="optuna.samplers:RandomSampler", seed=5)
+    other = OptunaTuner(sampler="random", seed=5)
+    for t in (tuner, other):
+        t.update_search_space({"u": {"_type": "uniform", "_value": [0, 1]}})
+    assert [tuner.generate_parameters(i) for i in range(3)] == [other.generate_parameters(i) for i in range(3)]
