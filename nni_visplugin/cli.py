@@ -174,6 +174,38 @@ def _cmd_importance(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_retrain(args: argparse.Namespace) -> int:
+    from nni_visplugin.retrain import RetrainConfig, retrain
+
+    if args.quiet:
+        logging.getLogger().setLevel(logging.WARNING)
+    config = RetrainConfig(arch=args.arch, dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs,
+                           seed=args.seed, width=args.width, cells=args.cells, batch_size=args.batch_size, lr=args.lr,
+                           label_smoothing=args.label_smoothing, warmup_epochs=args.warmup_epochs,
+                           augment=args.augment, holdout_val=args.holdout_val,
+                           max_train_samples=args.max_train_samples, image_size=args.image_size,
+                           threads=args.threads, device=args.device, progress=not args.quiet)
+    metrics = retrain(config, args.out)
+    print(json.dumps({k: metrics[k] for k in ("test_accuracy", "val_accuracy", "num_params", "flops", "latency_ms",
+                                              "train_seconds")}))
+    print(f"model: {Path(args.out) / 'model.pt'}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from nni_visplugin.export import ExportError, export_model
+
+    try:
+        report = export_model(args.directory, args.format, args.out, batch_size=args.batch_size)
+    except ExportError as exc:
+        print(f"nni-visplugin: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"{report['format']}: {report['file']} (max abs diff vs PyTorch {report['max_abs_diff']:.3g} "
+          f"at batch sizes {report['verified_batch_sizes']})")
+    print(f"input: {report['input']['description']}")
+    return 0
+
+
 def _study_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", help="experiment id, experiment directory, storage URL, or env:VARIABLE holding a URL")
     p.add_argument("--study", default=None, help="study name (default: nni-<experiment id>, or the storage's only study)")
@@ -208,6 +240,38 @@ def build_parser() -> argparse.ArgumentParser:
     lat.add_argument("--threads", type=int, default=0, help="CPU threads (0: PyTorch's default)")
     lat.add_argument("--out", required=True, help="table file (reused when it matches this device)")
     lat.set_defaults(func=_cmd_latency)
+
+    ret = sub.add_parser("retrain", help="train a derived architecture from scratch; measure it on the test split")
+    ret.add_argument("--arch", required=True, help="a search's arch.json (result.json must be next to it)")
+    ret.add_argument("--dataset", default="digits", help="dataset to train and test on")
+    ret.add_argument("--data-dir", default=None)
+    ret.add_argument("--epochs", type=int, default=50)
+    ret.add_argument("--seed", type=int, default=0)
+    ret.add_argument("--width", type=int, default=0, help="the space's width (0: as the search measured it)")
+    ret.add_argument("--cells", type=int, default=0, help="the space's num_cells (0: as the search measured it)")
+    ret.add_argument("--batch-size", type=int, default=64)
+    ret.add_argument("--lr", type=float, default=0.05, help="peak learning rate of SGD")
+    ret.add_argument("--label-smoothing", type=float, default=0.1)
+    ret.add_argument("--warmup-epochs", type=int, default=0, help="linear learning-rate warm-up before the cosine")
+    ret.add_argument("--augment", choices=("auto", "none", "crop", "crop-flip"), default="auto",
+                     help="auto: random crop, and horizontal flip except for digits")
+    ret.add_argument("--holdout-val", action="store_true",
+                     help="train on the training split only and report validation accuracy per epoch "
+                          "(default: train on training + validation)")
+    ret.add_argument("--max-train-samples", type=int, default=0, help="stratified subset of the training split")
+    ret.add_argument("--image-size", type=int, default=32, help="imagefolder only")
+    ret.add_argument("--threads", type=int, default=0, help="CPU threads (0: PyTorch's default)")
+    ret.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    ret.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
+    ret.add_argument("--out", required=True, help="directory for metrics.json, model.pt, arch.json, result.json")
+    ret.set_defaults(func=_cmd_retrain)
+
+    exp = sub.add_parser("export", help="export a trained model to ONNX or TorchScript, checked against PyTorch")
+    exp.add_argument("directory", help="a retrain (or search) output directory")
+    exp.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
+    exp.add_argument("--out", default=None, help="file to write (default: DIRECTORY/model.onnx or model.ts)")
+    exp.add_argument("--batch-size", type=int, default=0, help="fixed batch size of the graph (0: any batch size)")
+    exp.set_defaults(func=_cmd_export)
 
     check = sub.add_parser("check", help="validate experiment configs before nnictl create")
     check.add_argument("configs", nargs="+", help="experiment YAML files")

@@ -92,7 +92,7 @@ def plot_pareto(study: optuna.Study, front: dict[str, Any], path: str | Path) ->
     ax.scatter([t.values[0] for t in complete], [t.values[1] for t in complete], s=18, c="0.6",
                label=f"completed trials ({len(complete)})")
     pts = sorted((p["values"][0], p["values"][1], p["number"]) for p in front["trials"])
-    ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", c="tab:red", ms=6, drawstyle="steps-post",
+    ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", c="tab:red", ms=6,
             label=f"Pareto front ({len(pts)})")
     for x, y, number in pts:
         ax.annotate(f"#{number}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)

@@ -8,6 +8,7 @@ architecture is consistent wherever the label appears. Anything else mutable is 
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -15,8 +16,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from nni.nas.nn.pytorch import InputChoice, LayerChoice
 
-__all__ = ["reject_unsupported_hook", "ChoiceModule", "choice_modules", "MixedOp", "MixedInput", "mixed_op_hook", "mixed_input_hook", "arch_parameters", "derive_architecture",
-           "alpha_snapshot", "is_zero_op"]
+__all__ = ["reject_unsupported_hook", "ChoiceModule", "choice_modules", "MixedOp", "MixedInput", "mixed_op_hook",
+           "mixed_input_hook", "arch_parameters", "derive_architecture", "alpha_snapshot", "is_zero_op",
+           "channel_shuffle", "enable_partial_channels", "enable_edge_normalization", "set_aux_skip", "op_alphas",
+           "alpha_entropy", "count_skips"]
 
 
 def is_zero_op(module: nn.Module) -> bool:
@@ -38,8 +41,24 @@ class ChoiceModule(nn.Module):
     alpha: nn.Parameter | None
 
 
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """Interleave ``groups`` channel groups, so the next edge samples other channels (PC-DARTS)."""
+    n, c, h, w = x.shape
+    return x.view(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
+
+
 class MixedOp(ChoiceModule):
-    """``sum_i softmax(alpha)_i * op_i(x)`` over the candidates of one ``LayerChoice``."""
+    """``sum_i softmax(alpha)_i * op_i(x)`` over the candidates of one ``LayerChoice``.
+
+    Two switches change the relaxation, not the space:
+
+    - ``partial`` = K > 1 (PC-DARTS, Xu et al., ICLR 2020, section 3.2): the candidates run on the
+      first 1/K of the channels only; the rest bypass the edge (max-pooled on a reduction edge) and
+      the two parts are concatenated and channel-shuffled. Set by :meth:`make_partial`.
+    - ``aux_skip`` = beta > 0 (DARTS-, Chu et al., ICLR 2021): ``beta * x`` is added to a
+      shape-preserving edge, so skip connections no longer need alpha to carry the gradient; the
+      strategy decays beta to 0 over the search.
+    """
 
     def __init__(self, label: str, names: list, candidates: list[nn.Module], alpha: nn.Parameter):
         super().__init__()
@@ -52,18 +71,42 @@ class MixedOp(ChoiceModule):
         self.zero = [is_zero_op(op) for op in candidates]
         if all(self.zero):
             raise ValueError(f"LayerChoice {label!r} has only zero candidates")
+        self.partial = 1
+        self.aux_skip = 0.0
+
+    def make_partial(self, k: int, channels: int) -> None:
+        """Rebuild the candidates at ``channels // k`` channels (they must offer ``at_width``)."""
+        if k == 1:
+            return
+        if channels % k:
+            raise ValueError(f"partial_channels={k} must divide the {channels} channels of edge {self.label!r}")
+        missing = [n for n, op in zip(self.names, self.candidates) if not callable(getattr(op, "at_width", None))]
+        if missing:
+            raise TypeError(f"candidates {missing} of {self.label!r} cannot be rebuilt at another width, which "
+                            "partial channels need; build them with nni_visplugin.spaces.ops.make_op")
+        self.candidates = nn.ModuleList(op.at_width(channels // k) for op in self.candidates)
+        self.partial = k
 
     def weights(self) -> torch.Tensor:
         return F.softmax(self.alpha, dim=-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weights()
+        k = self.partial
+        part = x[:, : x.shape[1] // k] if k > 1 else x
         out = None
         for i, op in enumerate(self.candidates):
             if self.zero[i]:
                 continue
-            y = op(x) * w[i]
+            y = op(part) * w[i]
             out = y if out is None else out + y
+        if k > 1:
+            rest = x[:, x.shape[1] // k:]
+            if rest.shape[2:] != out.shape[2:]:  # a reduction edge: the bypass halves its resolution too
+                rest = F.max_pool2d(rest, 2, 2, ceil_mode=True)
+            out = channel_shuffle(torch.cat([out, rest], dim=1), k)
+        if self.aux_skip and out.shape == x.shape:
+            out = out + self.aux_skip * x
         return out
 
 
@@ -72,8 +115,10 @@ class MixedInput(ChoiceModule):
 
     With ``edge_labels`` (each candidate input is the output of a ``LayerChoice``), the node is the
     plain sum of its incoming edges, as in the DARTS paper: the edges' own operation weights carry
-    the choice. Otherwise the candidates are mixed by a softmax over their own parameter, scaled to
-    the magnitude of the chosen ``n_chosen`` inputs.
+    the choice. With edge normalisation (PC-DARTS, section 3.3) such a node also has a parameter
+    ``alpha`` over its edges and sums them weighted by its softmax; an edge's strength is then that
+    weight times its strongest operation's. Otherwise the candidates are mixed by a softmax over
+    their own parameter, scaled to the magnitude of the chosen ``n_chosen`` inputs.
     """
 
     def __init__(self, label: str, n_candidates: int, n_chosen: int, reduction: str,
@@ -97,6 +142,8 @@ class MixedInput(ChoiceModule):
             return out / self.n_candidates * self.n_chosen if self.reduction == "mean" else out
         w = F.softmax(self.alpha, dim=-1)
         out = sum(w[i] * x for i, x in enumerate(inputs))
+        if self.edge_labels:
+            return out
         return out * self.n_chosen if self.reduction == "sum" else out
 
 
@@ -175,7 +222,8 @@ def derive_architecture(supernet: nn.Module) -> dict[str, Any]:
 
     - Each ``LayerChoice``: its strongest candidate other than ``none``.
     - Each ``InputChoice`` with edges: the ``n_chosen`` incoming edges whose strongest non-``none``
-      operation has the largest weight (DARTS paper, section 2.4: top-2 per node).
+      operation has the largest weight (DARTS paper, section 2.4: top-2 per node), that weight
+      multiplied by the node's own weight of the edge under edge normalisation (PC-DARTS, 3.3).
     - Other ``InputChoice``: the ``n_chosen`` largest of its own parameter.
     """
     ops, inputs = _choices(supernet)
@@ -186,8 +234,72 @@ def derive_architecture(supernet: nn.Module) -> dict[str, Any]:
             if missing:
                 raise KeyError(f"InputChoice {label!r} names edges {missing} that are not LayerChoices of the space")
             strength = [_best_op(ops[e])[1] for e in m.edge_labels]
+            if m.alpha is not None:  # edge normalisation: the node's own weight of each edge counts too
+                beta = F.softmax(m.alpha.detach(), -1).tolist()
+                strength = [s * b for s, b in zip(strength, beta)]
         else:
             strength = m.alpha.detach().tolist()
         ranked = sorted(range(m.n_candidates), key=lambda i: (-strength[i], i))
         sample[label] = sorted(ranked[: m.n_chosen])
     return sample
+
+
+def enable_partial_channels(supernet: nn.Module, k: int) -> None:
+    """PC-DARTS: every mixed operation runs its candidates on 1/k of its input channels (an edge's
+    channel count is read from its candidates' first convolution or batch norm)."""
+    for m in supernet.modules():
+        if isinstance(m, MixedOp):
+            m.make_partial(k, _channels_of(m))
+
+
+def _channels_of(op: MixedOp) -> int:
+    for cand in op.candidates:
+        for sub in cand.modules():
+            if isinstance(sub, nn.Conv2d):
+                return sub.in_channels
+            if isinstance(sub, nn.BatchNorm2d):
+                return sub.num_features
+    raise TypeError(f"cannot tell the channels of edge {op.label!r}: no candidate has a convolution or batch norm")
+
+
+def enable_edge_normalization(supernet: nn.Module) -> None:
+    """PC-DARTS edge normalisation: one parameter per node label over its incoming edges."""
+    shared: dict[str, nn.Parameter] = {}
+    for m in supernet.modules():
+        if isinstance(m, MixedInput) and m.edge_labels:
+            m.alpha = shared.setdefault(m.label, _new_alpha(m.n_candidates))
+
+
+def set_aux_skip(supernet: nn.Module, beta: float) -> None:
+    for m in supernet.modules():
+        if isinstance(m, MixedOp):
+            m.aux_skip = float(beta)
+
+
+def op_alphas(supernet: nn.Module) -> list[nn.Parameter]:
+    """The operation parameters (one per LayerChoice label), without edge-normalisation ones."""
+    ops, _ = _choices(supernet)
+    return [op.alpha for op in ops.values()]
+
+
+def alpha_entropy(supernet: nn.Module) -> float:
+    """Mean entropy of the operations' softmax, divided by its maximum log(n): 1 = uniform, 0 = one-hot."""
+    values = []
+    for a in op_alphas(supernet):
+        p = F.softmax(a.detach().float(), -1)
+        values.append(float(-(p * p.clamp_min(1e-12).log()).sum() / math.log(len(p))) if len(p) > 1 else 0.0)
+    return sum(values) / len(values) if values else 0.0
+
+
+def count_skips(supernet: nn.Module, arch: dict[str, Any], cell: str = "normal", skip: str = "skip_connect") -> int:
+    """Skip connections among the kept edges of the derived ``cell`` cell (all cells if the space
+    names none), the quantity DARTS collapses on (DARTS+, Liang et al. 2019)."""
+    ops, inputs = _choices(supernet)
+    in_cell = [label for label in ops if label.startswith(f"{cell}/")] or list(ops)
+    kept: set[str] = set()
+    covered: set[str] = set()
+    for label, m in inputs.items():
+        if m.edge_labels:
+            covered.update(m.edge_labels)
+            kept.update(m.edge_labels[i] for i in arch.get(label, []))
+    return sum(1 for label in in_cell if arch.get(label) == skip and (label in kept or label not in covered))

@@ -18,7 +18,7 @@ from nni.nas.nn.pytorch.choice import ChosenInputs
 
 from nni_visplugin.registry import register_space
 
-from .ops import DARTS_PRIMITIVES, FactorizedReduce, ReLUConvBN
+from .ops import DARTS_PRIMITIVES, FactorizedReduce, ReLUConvBN, make_op
 
 __all__ = ["DartsCellSpace", "PRIMITIVES"]
 
@@ -37,7 +37,7 @@ class _Node(nn.Module):
         for j in sorted(chosen):
             stride = 2 if reduction and j < 2 else 1
             edges[str(j)] = LayerChoice(
-                {name: DARTS_PRIMITIVES[name](c, stride, affine) for name in primitives},
+                {name: make_op(name, c, stride, affine) for name in primitives},
                 label=f"op_{index}_{j}",
             )
         self.edges = nn.ModuleDict(edges)

@@ -6,6 +6,7 @@ is fixed.
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import torch
@@ -103,3 +104,14 @@ DARTS_PRIMITIVES: dict[str, OpFactory] = {
     "dil_conv_3x3": lambda c, stride, affine: DilConv(c, c, 3, stride, 2, 2, affine),
     "dil_conv_5x5": lambda c, stride, affine: DilConv(c, c, 5, stride, 4, 2, affine),
 }
+
+
+def make_op(name: str, c: int, stride: int, affine: bool) -> nn.Module:
+    """The primitive ``name`` at ``c`` channels, able to rebuild itself at another width.
+
+    ``op.at_width(c2)`` returns a fresh ``name`` at ``c2`` channels with the same stride: partial
+    channel connections (PC-DARTS) run each candidate on a fraction of the channels.
+    """
+    op = DARTS_PRIMITIVES[name](c, stride, affine)
+    op.at_width = functools.partial(make_op, name, stride=stride, affine=affine)
+    return op

@@ -30,13 +30,17 @@ from nni.nas.space import RawFormatModelSpace
 
 from nni_visplugin.checkpoint import CheckpointError, SearchCheckpoints, rng_state, set_rng_state
 from nni_visplugin.registry import register_strategy
-from nni_visplugin.supernet import (alpha_snapshot, arch_parameters, derive_architecture, mixed_input_hook, mixed_op_hook,
-                                    reject_unsupported_hook)
+from nni_visplugin.supernet import (alpha_entropy, alpha_snapshot, arch_parameters, count_skips, derive_architecture,
+                                    enable_edge_normalization, enable_partial_channels, mixed_input_hook,
+                                    mixed_op_hook, op_alphas, reject_unsupported_hook, set_aux_skip)
 from nni_visplugin.training import check_finite, evaluate
 
 __all__ = ["OneShotConfig", "DartsConfig", "DartsStrategy", "SearchOutcome", "unrolled_arch_gradient"]
 
 _logger = logging.getLogger(__name__)
+
+
+EARLY_STOP_RULES = ("none", "skips", "stable")
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,14 @@ class OneShotConfig:
     arch_beta1: float = 0.5
     arch_beta2: float = 0.999
     warmup_epochs: int = 0  # epochs of weight-only training before alpha moves
+    # Health monitor: every epoch records the operations' normalised alpha entropy and the skip
+    # connections kept in the derived normal cell. early_stop ends the search on a rule of DARTS+
+    # (Liang et al. 2019): "skips" once the normal cell keeps early_stop_skips skip connections
+    # (criterion 1), "stable" once the ranking of every edge's operations has not changed for
+    # early_stop_patience epochs (criterion 2).
+    early_stop: str = "none"
+    early_stop_skips: int = 2
+    early_stop_patience: int = 10
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -64,6 +76,8 @@ class OneShotConfig:
                 raise TypeError(f"{f.name} must be a number, got {value!r}")
             if f.type == "str" and not isinstance(value, str):
                 raise TypeError(f"{f.name} must be a string, got {value!r}")
+            if f.type == "bool" and not isinstance(value, bool):
+                raise TypeError(f"{f.name} must be true or false, got {value!r}")
         if self.epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
         if not 0 <= self.warmup_epochs <= self.epochs:
@@ -79,6 +93,10 @@ class OneShotConfig:
         for name in ("momentum", "arch_beta1", "arch_beta2"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.early_stop not in EARLY_STOP_RULES:
+            raise ValueError(f"early_stop must be one of {', '.join(EARLY_STOP_RULES)}, got {self.early_stop!r}")
+        if self.early_stop_skips < 1 or self.early_stop_patience < 1:
+            raise ValueError("early_stop_skips and early_stop_patience must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -87,6 +105,16 @@ class DartsConfig(OneShotConfig):
 
     order: int = 1
     hvp_eps: float = 0.01  # second order: finite-difference radius, divided by ||grad_w'||, as in the paper
+    # PC-DARTS (Xu et al., ICLR 2020): candidates run on 1/partial_channels of each edge's channels;
+    # edge_norm adds a weight per incoming edge of every node (their paper uses K=4 with both).
+    partial_channels: int = 1
+    edge_norm: bool = False
+    # DARTS- (Chu et al., ICLR 2021): an auxiliary skip connection of weight aux_skip on every
+    # shape-preserving edge, decayed linearly to 0 over the epochs (the paper starts at 1).
+    aux_skip: float = 0.0
+    # beta-DARTS (Ye et al., CVPR 2022): beta_reg * (epoch+1)/epochs times the mean over edges of
+    # logsumexp(alpha) is added to the architecture loss.
+    beta_reg: float = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -94,6 +122,10 @@ class DartsConfig(OneShotConfig):
             raise ValueError(f"order must be 1 or 2, got {self.order}")
         if not self.hvp_eps > 0:
             raise ValueError(f"hvp_eps must be > 0, got {self.hvp_eps}")
+        if self.partial_channels < 1:
+            raise ValueError(f"partial_channels must be >= 1 (1 = off), got {self.partial_channels}")
+        if self.aux_skip < 0 or self.beta_reg < 0:
+            raise ValueError("aux_skip and beta_reg must be >= 0 (0 = off)")
 
 
 @dataclass
@@ -220,7 +252,12 @@ class DartsStrategy(OneShotStrategy):
 
     def build_supernet(self, model_space: nn.Module) -> nn.Module:
         """A relaxed copy of ``model_space``; the space itself is left untouched for ``freeze``."""
-        return self.mutate_model(copy.deepcopy(model_space))
+        supernet = self.mutate_model(copy.deepcopy(model_space))
+        if getattr(self.config, "partial_channels", 1) > 1:
+            enable_partial_channels(supernet, self.config.partial_channels)
+        if getattr(self.config, "edge_norm", False):
+            enable_edge_normalization(supernet)
+        return supernet
 
     # ----------------------------------------------------------------- the search
     def search(self, model_space: nn.Module, train_w: Iterable, train_a: Iterable, val: Iterable | None = None, *,
@@ -270,10 +307,15 @@ class DartsStrategy(OneShotStrategy):
                     loader.load_state_dict(loader_state)
             first_epoch = state["epoch"] + 1
             _logger.info("resuming from %s: epochs 1-%d done", path, first_epoch)
+            if self._stop_reason(history):  # it had already stopped early
+                first_epoch = cfg.epochs
 
         for epoch in range(first_epoch, cfg.epochs):
             start = time.perf_counter()
             supernet.train()
+            self._epoch = epoch
+            if getattr(cfg, "aux_skip", 0.0):
+                set_aux_skip(supernet, cfg.aux_skip * (1 - epoch / cfg.epochs))
             lr = w_opt.param_groups[0]["lr"]
             update_arch = epoch >= cfg.warmup_epochs
             loss_sum, n_seen, steps = 0.0, 0, 0
@@ -301,14 +343,20 @@ class DartsStrategy(OneShotStrategy):
             arch = self.derive(supernet)
             record: dict[str, Any] = {"epoch": epoch, "train_loss": loss_sum / n_seen, "weight_lr": lr,
                                       "alphas": alpha_snapshot(supernet), "arch": arch}
+            record["alpha_entropy"] = alpha_entropy(supernet)
+            record["normal_skips"] = count_skips(supernet, arch)
             record.update(self._epoch_extras(supernet, arch))
             if val is not None:
                 record["val_accuracy"] = self._evaluate(supernet, val, device)
             record["seconds"] = time.perf_counter() - start
             history.append(record)
-            _logger.info("%s epoch %d/%d  train_loss %.4f  val_acc %s  (%.1f s)", self.name, epoch + 1, cfg.epochs,
-                         record["train_loss"], f"{record['val_accuracy']:.4f}" if "val_accuracy" in record else "-",
-                         record["seconds"])
+            stop = self._stop_reason(history)
+            if stop:
+                record["early_stop"] = stop
+            _logger.info("%s epoch %d/%d  train_loss %.4f  val_acc %s  alpha_entropy %.3f  normal-cell skips %d  "
+                         "(%.1f s)", self.name, epoch + 1, cfg.epochs, record["train_loss"],
+                         f"{record['val_accuracy']:.4f}" if "val_accuracy" in record else "-",
+                         record["alpha_entropy"], record["normal_skips"], record["seconds"])
             if checkpoints is not None:
                 checkpoints.save(epoch, {
                     "fingerprint": fingerprint, "supernet": supernet.state_dict(), "w_opt": w_opt.state_dict(),
@@ -317,9 +365,27 @@ class DartsStrategy(OneShotStrategy):
                     "loaders": [ld.state_dict() if hasattr(ld, "state_dict") else None for ld in loaders]})
             if on_epoch is not None:
                 on_epoch(epoch, record)
+            if stop:
+                _logger.warning("%s: stopping early after epoch %d: %s", self.name, epoch + 1, stop)
+                break
 
         self.outcome = SearchOutcome(arch=self.derive(supernet), history=history, supernet=supernet)
         return self.outcome
+
+    def _stop_reason(self, history: list[dict[str, Any]]) -> str | None:
+        """The early-stop rule that fires on ``history``, if any (only epochs where alpha moved count)."""
+        cfg = self.config
+        moving = [r for r in history if r["epoch"] >= cfg.warmup_epochs]
+        if cfg.early_stop == "skips" and moving and moving[-1].get("normal_skips", 0) >= cfg.early_stop_skips:
+            return f"{moving[-1]['normal_skips']} skip connections in the normal cell (rule: skips >= {cfg.early_stop_skips})"
+        if cfg.early_stop == "stable" and len(moving) > cfg.early_stop_patience:
+            def ranking(record):
+                return {label: sorted(range(len(v["alpha"])), key=lambda i: -v["alpha"][i])
+                        for label, v in record["alphas"].items()}
+            last = moving[-cfg.early_stop_patience - 1:]
+            if all(ranking(r) == ranking(last[0]) for r in last[1:]):
+                return f"the operations' ranking unchanged for {cfg.early_stop_patience} epochs"
+        return None
 
     # Steps a subclass (another relaxation of the same bilevel problem) replaces.
     name = "darts"
@@ -353,10 +419,24 @@ class DartsStrategy(OneShotStrategy):
                                            momentum_buffers=bufs, fd_scale=cfg.hvp_eps)
             for g in grads:
                 check_finite(g, f"second-order architecture gradient, {where}")
+        if getattr(cfg, "beta_reg", 0.0):
+            grads = [g + r for g, r in zip(grads, self._beta_reg_grad(supernet, alphas))]
         for a, g in zip(alphas, grads):
             a.grad = g
         a_opt.step()
         a_opt.zero_grad(set_to_none=True)
+
+    def _beta_reg_grad(self, supernet: nn.Module, alphas: Sequence[nn.Parameter]) -> list[torch.Tensor]:
+        """Gradient of ``lambda_t * mean_edges logsumexp(alpha_edge)`` (beta-DARTS), lambda growing
+        linearly to ``beta_reg`` over the epochs. Its gradient is ``lambda_t / |E| * softmax(alpha)``:
+        it pushes every operation's alpha down in proportion to its weight, against the runaway
+        growth of one (skip) operation."""
+        cfg = self.config
+        lam = cfg.beta_reg * (getattr(self, "_epoch", cfg.epochs - 1) + 1) / cfg.epochs
+        ops = op_alphas(supernet)
+        reg = lam * torch.stack([torch.logsumexp(a, -1) for a in ops]).mean()
+        grads = torch.autograd.grad(reg, list(alphas), allow_unused=True)
+        return [g if g is not None else torch.zeros_like(a) for g, a in zip(grads, alphas)]
 
     # ----------------------------------------------------------------- NNI Strategy interface
     def _initialize(self, model_space: RawFormatModelSpace, engine) -> RawFormatModelSpace:
