@@ -1,0 +1,373 @@
+"""Retrain a derived architecture from scratch and measure it on the test split, as DARTS does.
+
+The architecture is a search's ``arch.json``; the ``result.json`` next to it names the space and
+its keyword arguments. The network may be retrained wider and deeper than it was searched
+(``width`` / ``cells``, for spaces that take ``width`` / ``num_cells``), always with affine batch norm.
+
+Data: ``load_dataset(..., with_test=True)``. By default the network trains on the whole training
+set, the training and validation splits together (as the paper does), and no validation accuracy
+is reported. With ``holdout_val`` it trains on the training split alone and the validation accuracy
+is measured after every epoch. The test split is read exactly once, after the last epoch.
+
+Recipe: SGD with Nesterov momentum 0.9, weight decay 3e-4, cosine schedule (optionally after a
+linear warm-up), label smoothing 0.1, gradient clipping at norm 5, and augmentation on the tensors
+of every batch: random crop with padding (1 pixel for 8x8 images, 2 for 28x28, 4 for 32x32) and,
+except for digits, horizontal flip. On the CPU a run is reproducible under a fixed seed and thread
+count: initial weights, batch order and augmentation draws all come from seeded generators.
+
+Files written into the output directory:
+
+- ``metrics.json``: test accuracy, parameters, FLOPs, latency, the training curve, the recipe, provenance;
+- ``arch.json`` and ``result.json``: what :func:`nni_visplugin.load_model` needs to rebuild the network;
+- ``model.pt``: the trained weights (a state dict; load with ``weights_only=True``).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from nni_visplugin.config import DATA_KWARGS, ConfigError
+from nni_visplugin.data import CHANNELS, DATASETS, TensorLoader, load_dataset
+from nni_visplugin.registry import SPACES, factory_parameters
+from nni_visplugin.search import _device, build_fixed_model, data_kwargs, seed_everything, write_json
+from nni_visplugin.training import evaluate, train_from_scratch
+
+__all__ = ["RetrainConfig", "retrain", "read_search", "retrain_kwargs", "TensorAugment", "count_flops"]
+
+_logger = logging.getLogger(__name__)
+
+AUGMENTS = ("auto", "none", "crop", "crop-flip")
+# Crop padding by image side: an eighth of the image, as the usual CIFAR (4 of 32) and MNIST (2 of 28) recipes.
+CROP_PADDING = {8: 1, 28: 2, 32: 4}
+# Mirror images are still images of the same class here; a mirrored digit is not a digit.
+FLIP_DATASETS = ("fashion-mnist", "cifar10", "imagefolder")
+
+
+@dataclass(frozen=True)
+class RetrainConfig:
+    """Everything one retraining needs; validated when created."""
+
+    arch: str  # a search's arch.json, or the directory holding it
+    dataset: str = "digits"
+    data_dir: str | None = None
+    epochs: int = 50
+    seed: int = 0
+    width: int = 0  # 0 = the width the search measured (its result.json's space_kwargs)
+    cells: int = 0  # 0 = the number of cells the search measured
+    batch_size: int = 64
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 3e-4
+    label_smoothing: float = 0.1
+    grad_clip: float = 5.0
+    warmup_epochs: int = 0
+    augment: str = "auto"
+    holdout_val: bool = False  # train on train only and report val accuracy per epoch
+    max_train_samples: int = 0  # 0 = all; a stratified subset of the training split, for quick checks
+    image_size: int = 32  # imagefolder only
+    threads: int = 0  # 0 = PyTorch's default
+    device: str = "auto"
+    latency_rounds: int = 3
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.dataset not in DATASETS:
+            raise ConfigError(f"unknown dataset {self.dataset!r}; known: {', '.join(DATASETS)}")
+        for key in ("epochs", "batch_size", "latency_rounds", "image_size"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
+        for key in ("seed", "width", "cells", "warmup_epochs", "max_train_samples", "threads"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)}")
+        if self.warmup_epochs and self.warmup_epochs >= self.epochs:
+            raise ConfigError(f"warmup_epochs must be smaller than epochs ({self.epochs}), got {self.warmup_epochs}")
+        for key in ("lr", "grad_clip"):
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"{key} must be > 0, got {getattr(self, key)}")
+        if not 0 <= self.momentum < 1 or self.weight_decay < 0:
+            raise ConfigError(f"momentum must be in [0, 1) and weight_decay >= 0, got {self.momentum}, {self.weight_decay}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.augment not in AUGMENTS:
+            raise ConfigError(f"augment must be one of {', '.join(AUGMENTS)}, got {self.augment!r}")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+
+    def recipe(self) -> dict[str, Any]:
+        keys = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "label_smoothing", "grad_clip",
+                "warmup_epochs", "augment", "holdout_val", "max_train_samples")
+        return {"optimizer": "SGD nesterov", "schedule": "cosine" + (" after linear warm-up" if self.warmup_epochs else ""),
+                **{k: getattr(self, k) for k in keys}}
+
+
+def read_search(arch: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any], Path]:
+    """The architecture and the ``result.json`` beside it; ``arch`` is the file or its directory.
+
+    Raises :class:`ConfigError` naming the file when either is missing, corrupt or incomplete.
+    """
+    path = Path(arch).expanduser()
+    if path.is_dir():
+        path = path / "arch.json"
+    result_path = path.parent / "result.json"
+    loaded = []
+    for p, what in ((path, "architecture"), (result_path, "search result")):
+        try:
+            loaded.append(json.loads(p.read_text()))
+        except FileNotFoundError:
+            raise ConfigError(f"{what} file {p} is missing; --arch takes the arch.json of a search output directory") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"{what} file {p} is unreadable or corrupt: {exc}") from None
+    arch_dict, result = loaded
+    if not isinstance(arch_dict, dict):
+        raise ConfigError(f"{path} must hold a JSON object of label -> choice, not {type(arch_dict).__name__}")
+    if not isinstance(result, dict) or not isinstance(result.get("space"), str) \
+            or not isinstance(result.get("space_kwargs", result.get("search_space_kwargs")), dict):
+        raise ConfigError(f"{result_path} names no space and space_kwargs: it is not a search's result.json")
+    return arch_dict, result, path
+
+
+def _searched_channels(result: dict[str, Any]) -> int | None:
+    shape = result.get("input_shape")
+    if isinstance(shape, list) and len(shape) == 3:
+        return shape[0]
+    return (result.get("search_space_kwargs") or {}).get("in_channels")
+
+
+def retrain_kwargs(result: dict[str, Any], data: dict[str, int], width: int = 0, cells: int = 0) -> dict[str, Any]:
+    """Keyword arguments of the retrained network: the search's measured network, resized, fitted to ``data``."""
+    space = result["space"]
+    try:
+        accepted = factory_parameters(SPACES.get(space))
+    except KeyError as exc:
+        raise ConfigError(exc.args[0]) from None
+    kwargs = {k: v for k, v in (result.get("space_kwargs") or result["search_space_kwargs"]).items()
+              if k not in DATA_KWARGS}
+    if "affine" in accepted:
+        kwargs["affine"] = True  # fixed networks learn their batch-norm scale and shift
+    for value, key, flag in ((width, "width", "--width"), (cells, "num_cells", "--cells")):
+        if not value:
+            continue
+        if key not in accepted:
+            settable = ", ".join(n for n in accepted if n not in DATA_KWARGS)
+            raise ConfigError(f"space {space!r} has no {key!r} argument, so {flag} cannot resize it (it takes {settable})")
+        kwargs[key] = value
+    return {**kwargs, **data}
+
+
+class TensorAugment:
+    """Random crop with padding and horizontal flip, on a batch of normalised images.
+
+    The padding is the value of a black pixel after normalisation (``fill``, per channel), as if
+    the raw image had been padded. Draws come from its own seeded generator on the CPU, so a run
+    is reproducible whatever the device.
+    """
+
+    def __init__(self, padding: int, flip: bool, fill: list[float] | torch.Tensor, seed: int = 0):
+        self.padding, self.flip = padding, flip
+        self.fill = torch.as_tensor(fill, dtype=torch.float32).view(1, -1, 1, 1)
+        self._gen = torch.Generator().manual_seed(seed)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = x.shape
+        if self.padding:
+            p = self.padding
+            fill = self.fill.to(x.device, x.dtype)
+            padded = F.pad(x - fill, (p, p, p, p)) + fill
+            dy = torch.randint(0, 2 * p + 1, (n, 1), generator=self._gen).to(x.device)
+            dx = torch.randint(0, 2 * p + 1, (n, 1), generator=self._gen).to(x.device)
+            rows = (dy + torch.arange(h, device=x.device))[:, :, None]  # n, h, 1
+            cols = (dx + torch.arange(w, device=x.device))[:, None, :]  # n, 1, w
+            batch = torch.arange(n, device=x.device)[:, None, None]
+            x = padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)  # n, c, h, w
+        if self.flip:
+            mask = (torch.rand(n, generator=self._gen) < 0.5).to(x.device)
+            x = torch.where(mask[:, None, None, None], x.flip(3), x)
+        return x.contiguous()
+
+    def describe(self) -> dict[str, Any]:
+        return {"crop_padding": self.padding, "horizontal_flip": self.flip}
+
+
+def make_augment(mode: str, dataset: str, input_shape: tuple[int, int, int], mean: list[float], std: list[float],
+                 seed: int) -> TensorAugment | None:
+    """The augmentation ``mode`` (``auto`` picks crop, and flip except for digits) for this data."""
+    if mode == "none":
+        return None
+    side = input_shape[1]
+    padding = CROP_PADDING.get(side, max(1, side // 8))
+    flip = mode == "crop-flip" or (mode == "auto" and dataset in FLIP_DATASETS)
+    fill = [-m / s for m, s in zip(mean, std)]  # a black pixel, normalised
+    return TensorAugment(padding, flip, fill, seed)
+
+
+@torch.no_grad()
+def count_flops(model: nn.Module, input_shape: tuple[int, int, int] | list[int]) -> int:
+    """FLOPs of one forward pass on one image, as PyTorch's FlopCounterMode counts them.
+
+    That is 2 per multiply-add of convolutions and matrix products; batch norm, activations,
+    pooling and additions are not counted.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model(torch.zeros(1, *input_shape, device=device))
+    model.train(was_training)
+    return int(counter.get_total_flops())
+
+
+class _Progress:
+    """An iterable over ``loader`` that advances one tqdm bar per batch, across all epochs."""
+
+    def __init__(self, loader: TensorLoader, bar: Any):
+        self.loader, self.bar = loader, bar
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for batch in self.loader:
+            yield batch
+            self.bar.update(1)
+
+
+def retrain(config: RetrainConfig, out_dir: str | os.PathLike, *,
+            on_epoch: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Train the architecture of ``config.arch`` from scratch; write the files; return ``metrics.json``.
+
+    ``on_epoch`` receives each epoch's record (loss, accuracy, learning rate, seconds and, with
+    ``holdout_val``, validation accuracy).
+    """
+    started = time.time()
+    arch, result, arch_path = read_search(config.arch)
+    space = result["space"]
+    # Refused before any data is read: the stem's channels are the one thing a dataset must share.
+    searched = _searched_channels(result)
+    channels = CHANNELS[config.dataset]
+    if searched is not None and searched != channels:
+        raise ConfigError(f"{arch_path} was searched on {searched}-channel images ({result.get('dataset', 'its dataset')}) "
+                          f"but dataset {config.dataset} has {channels}-channel images")
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    try:
+        device = _device(config.device)
+    except RuntimeError as exc:
+        raise ConfigError(str(exc)) from None
+
+    splits = load_dataset(config.dataset, config.data_dir, max_train_samples=config.max_train_samples,
+                          image_size=config.image_size, with_test=True)
+    kwargs = retrain_kwargs(result, data_kwargs(splits), config.width, config.cells)
+    seed_everything(config.seed)
+    try:
+        model = build_fixed_model(space, kwargs, arch).to(device)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{arch_path} does not fit space {space!r} on {config.dataset}: {exc}") from None
+
+    if config.holdout_val:
+        x, y = splits.train
+    else:
+        x, y = torch.cat([splits.train[0], splits.val[0]]), torch.cat([splits.train[1], splits.val[1]])
+    loader = TensorLoader(x, y, config.batch_size, shuffle=True, seed=config.seed)
+    val_loader = TensorLoader(*splits.val, batch_size=256) if config.holdout_val else None
+    augment = make_augment(config.augment, config.dataset, splits.input_shape, splits.mean, splits.std, config.seed + 1)
+    num_params = sum(p.numel() for p in model.parameters())
+    _logger.info("retraining %s (%d parameters) on %d %s images for %d epochs on %s", space, num_params, len(x),
+                 config.dataset, config.epochs, device)
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=config.epochs * len(loader), desc=f"retrain {space}", unit="batch",
+               disable=not config.progress, leave=False)
+    curve: list[dict[str, Any]] = []
+
+    def record(entry: dict[str, Any]) -> None:
+        if val_loader is not None:
+            entry["val_accuracy"] = evaluate(model, val_loader, device)
+        curve.append(entry)
+        bar.set_postfix(epoch=entry["epoch"], loss=f"{entry['train_loss']:.3f}", acc=f"{entry['train_accuracy']:.3f}")
+        if on_epoch is not None:
+            on_epoch(entry)
+
+    train_start = time.time()
+    try:
+        train_from_scratch(model, _Progress(loader, bar), config.epochs, lr=config.lr, momentum=config.momentum,
+                           weight_decay=config.weight_decay, label_smoothing=config.label_smoothing,
+                           grad_clip=config.grad_clip, device=device, warmup_epochs=config.warmup_epochs,
+                           augment=augment, on_record=record)
+    finally:
+        bar.close()
+    train_seconds = time.time() - train_start
+    model.eval()
+
+    # The one and only read of the test split.
+    test_accuracy = evaluate(model, TensorLoader(*splits.test, batch_size=256), device)
+
+    from nni_visplugin.latency import measure_model
+
+    flops = count_flops(model, splits.input_shape)
+    latency_ms = measure_model(model, splits.input_shape, device, batch_size=1, rounds=config.latency_rounds)
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), out / "model.pt")
+    write_json(out / "arch.json", arch)
+    rebuild = {
+        "kind": "retrain",
+        "space": space,
+        "space_kwargs": kwargs,
+        "search_space_kwargs": result.get("search_space_kwargs", kwargs),
+        "input_shape": list(splits.input_shape),
+        "num_classes": splits.num_classes,
+        "normalization": {"mean": splits.mean, "std": splits.std},
+        "dataset": config.dataset,
+        "test_accuracy": test_accuracy,
+        "num_params": num_params,
+        "source": str(arch_path),
+    }
+    write_json(out / "result.json", rebuild)
+    metrics = {
+        "test_accuracy": test_accuracy,
+        "val_accuracy": curve[-1]["val_accuracy"] if config.holdout_val else None,
+        "train_split": "train" if config.holdout_val else "train+val",
+        "num_train_samples": len(x),
+        "num_test_samples": len(splits.test[1]),
+        "num_params": num_params,
+        "flops": flops,
+        "flops_note": "FLOPs of one image, 2 per multiply-add of convolutions and linear layers (torch FlopCounterMode)",
+        "latency_ms": latency_ms,
+        "latency_batch_size": 1,
+        "seed": config.seed,
+        "epochs": config.epochs,
+        "wall_seconds": time.time() - started,
+        "train_seconds": train_seconds,
+        "curve": curve,
+        "recipe": {**config.recipe(), **(augment.describe() if augment else {"crop_padding": 0, "horizontal_flip": False})},
+        "dataset": config.dataset,
+        "input_shape": list(splits.input_shape),
+        "num_classes": splits.num_classes,
+        "normalization": {"mean": splits.mean, "std": splits.std},
+        "space": space,
+        "space_kwargs": kwargs,
+        "arch": arch,
+        "source": str(arch_path),
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "torch_version": torch.__version__,
+        "config": asdict(config),
+    }
+    write_json(out / "metrics.json", metrics)
+    _logger.info("retrained %s: test accuracy %.4f, %d parameters, %.3f ms; files in %s", space, test_accuracy,
+                 num_params, latency_ms, out)
+    return metrics

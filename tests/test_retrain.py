@@ -1,0 +1,236 @@
+"""Retraining a derived architecture: files and metrics, the test split read once at the end,
+determinism, resizing, augmentation, and one-line refusals."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import nni_visplugin
+from nni_visplugin import retrain as retrain_module
+from nni_visplugin.config import ConfigError, SearchConfig
+from nni_visplugin.data import TensorLoader, load_dataset
+from nni_visplugin.retrain import RetrainConfig, TensorAugment, count_flops, make_augment, retrain
+from nni_visplugin.training import evaluate, train_from_scratch
+
+from retrain_helpers import fake_search_dir
+
+CLI = [sys.executable, "-m", "nni_visplugin.cli"]
+# Small enough for seconds on a shared 2-core CPU: 100 training images plus the 287 of validation.
+TINY = dict(epochs=2, max_train_samples=100, latency_rounds=1, progress=False, threads=1)
+
+
+@pytest.fixture(scope="module")
+def search_dir(tmp_path_factory):
+    return fake_search_dir(tmp_path_factory.mktemp("search"))
+
+
+@pytest.fixture(scope="module")
+def retrained(search_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("retrain")
+    metrics = retrain(RetrainConfig(arch=str(search_dir / "arch.json"), **TINY), out)
+    return out, metrics
+
+
+def test_metrics_and_files(retrained):
+    out, metrics = retrained
+    assert metrics == json.loads((out / "metrics.json").read_text())
+    for key in ("test_accuracy", "num_params", "flops", "latency_ms", "seed", "epochs", "wall_seconds",
+                "train_seconds", "curve", "recipe", "dataset", "space", "space_kwargs", "arch", "device",
+                "torch_version", "train_split", "val_accuracy"):
+        assert key in metrics, key
+    assert 0.0 <= metrics["test_accuracy"] <= 1.0 and metrics["val_accuracy"] is None
+    assert metrics["train_split"] == "train+val"
+    assert [e["epoch"] for e in metrics["curve"]] == [0, 1]
+    assert all(e["train_loss"] > 0 and 0 <= e["train_accuracy"] <= 1 for e in metrics["curve"])
+    assert metrics["curve"][1]["lr"] < metrics["curve"][0]["lr"] == 0.05  # cosine
+    assert metrics["recipe"]["label_smoothing"] == 0.1 and metrics["recipe"]["crop_padding"] == 1
+    assert metrics["recipe"]["horizontal_flip"] is False  # digits are not mirrored
+    assert metrics["latency_ms"] > 0 and 0 < metrics["train_seconds"] < metrics["wall_seconds"]
+    assert metrics["space_kwargs"]["affine"] is True and metrics["space_kwargs"]["width"] == 4
+
+    splits = load_dataset("digits", max_train_samples=100, with_test=True)
+    assert metrics["num_train_samples"] == len(splits.train[1]) + len(splits.val[1])
+    assert metrics["num_test_samples"] == len(splits.test[1])
+    # load_model rebuilds the retrained network from the output directory, with its weights ...
+    model = nni_visplugin.load_model(out)
+    assert metrics["num_params"] == sum(p.numel() for p in model.parameters())
+    assert metrics["flops"] == count_flops(model, (1, 8, 8)) > 0
+    assert evaluate(model, TensorLoader(*splits.test, 256)) == pytest.approx(metrics["test_accuracy"], abs=1e-9)
+    # ... saved as a plain state dict
+    state = torch.load(out / "model.pt", weights_only=True)
+    assert set(state) == set(model.state_dict())
+    assert json.loads((out / "arch.json").read_text()) == metrics["arch"]
+
+
+def test_test_split_is_read_only_after_the_last_epoch(search_dir, tmp_path, monkeypatch):
+    """Every operation on the test tensors is logged next to the training epochs: none may come
+    before the last epoch has ended, and the final evaluation must really read them."""
+    events: list[str] = []
+
+    class Tripwire(torch.Tensor):
+        @classmethod
+        def __torch_function__(cls, func, types, args=(), kwargs=None):
+            events.append("test read")
+            return super().__torch_function__(func, types, args, kwargs)
+
+    real_load = retrain_module.load_dataset
+
+    def load_with_tripwire(*args, **kwargs):
+        splits = real_load(*args, **kwargs)
+        assert kwargs.get("with_test") is True
+        splits.test = tuple(t.as_subclass(Tripwire) for t in splits.test)
+        events.append("loaded")
+        return splits
+
+    monkeypatch.setattr(retrain_module, "load_dataset", load_with_tripwire)
+    metrics = retrain(RetrainConfig(arch=str(search_dir), **TINY), tmp_path,
+                      on_epoch=lambda record: events.append(f"epoch {record['epoch']}"))
+    assert events[0] == "loaded" and "test read" in events
+    first_read = events.index("test read")
+    assert events[:first_read] == ["loaded", "epoch 0", "epoch 1"]
+    assert all(e == "test read" for e in events[first_read:])
+    # the test accuracy is the one of the tensors read at the end
+    splits = load_dataset("digits", max_train_samples=100, with_test=True)
+    assert evaluate(nni_visplugin.load_model(tmp_path), TensorLoader(*splits.test, 256)) == metrics["test_accuracy"]
+
+
+def test_holdout_val_trains_on_train_only_and_reports_val(search_dir, tmp_path):
+    metrics = retrain(RetrainConfig(arch=str(search_dir), holdout_val=True, **TINY), tmp_path)
+    splits = load_dataset("digits", max_train_samples=100)
+    assert metrics["train_split"] == "train" and metrics["num_train_samples"] == len(splits.train[1])
+    assert all(0 <= e["val_accuracy"] <= 1 for e in metrics["curve"])
+    assert metrics["val_accuracy"] == metrics["curve"][-1]["val_accuracy"]
+
+
+def test_same_seed_same_run(search_dir, tmp_path):
+    def run(seed: int, name: str):
+        config = RetrainConfig(arch=str(search_dir), seed=seed, **TINY)
+        metrics = retrain(config, tmp_path / name)
+        return metrics, torch.load(tmp_path / name / "model.pt", weights_only=True)
+
+    (m1, w1), (m2, w2), (m3, w3) = run(5, "a"), run(5, "b"), run(6, "c")
+    untimed = lambda curve: [{k: v for k, v in e.items() if k != "seconds"} for e in curve]  # noqa: E731
+    assert untimed(m1["curve"]) == untimed(m2["curve"])
+    assert m1["test_accuracy"] == m2["test_accuracy"]
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)
+    assert not all(torch.equal(w1[k], w3[k]) for k in w1)  # the seed matters
+
+
+def test_wider_and_deeper_retraining(search_dir, retrained, tmp_path):
+    _, base = retrained
+    metrics = retrain(RetrainConfig(arch=str(search_dir), width=8, cells=3, **{**TINY, "epochs": 1}), tmp_path)
+    assert metrics["space_kwargs"]["width"] == 8 and metrics["space_kwargs"]["num_cells"] == 3
+    assert metrics["num_params"] > 2 * base["num_params"]
+    assert metrics["flops"] > base["flops"]
+    model = nni_visplugin.load_model(tmp_path)  # the saved kwargs rebuild the resized network
+    assert len(model.cells) == 3
+
+
+def _corrupt_arch(d):
+    (d / "arch.json").write_text('{"normal/input_0": [0, ')
+
+
+def _tampered_label(d):
+    arch = json.loads((d / "arch.json").read_text())
+    arch["normal/op_0_0"] = "conv_99x99"
+    (d / "arch.json").write_text(json.dumps(arch))
+
+
+def _three_channels(d):
+    result = json.loads((d / "result.json").read_text())
+    result["input_shape"] = [3, 8, 8]
+    (d / "result.json").write_text(json.dumps(result))
+
+
+@pytest.mark.parametrize("damage, message, extra", [
+    (lambda d: (d / "arch.json").unlink(), "architecture file .*arch.json is missing", {}),
+    (lambda d: (d / "result.json").unlink(), "search result file .*result.json is missing", {}),
+    (_corrupt_arch, "arch.json is unreadable or corrupt", {}),
+    (lambda d: (d / "result.json").write_text("[1, 2]"), "not a search's result.json", {}),
+    (_tampered_label, "'conv_99x99' for 'normal/op_0_0' is not allowed", {}),
+    (_three_channels, "searched on 3-channel images .* dataset digits has 1-channel images", {}),
+    (lambda d: None, "warmup_epochs must be smaller than epochs", {"warmup_epochs": 2}),
+    (lambda d: None, "augment must be one of", {"augment": "mixup"}),
+])
+def test_bad_arch_or_dataset_is_refused(search_dir, tmp_path, damage, message, extra):
+    d = tmp_path / "search"
+    d.mkdir()
+    for name in ("arch.json", "result.json"):
+        (d / name).write_bytes((search_dir / name).read_bytes())
+    damage(d)
+    with pytest.raises(ConfigError, match=message):
+        retrain(RetrainConfig(arch=str(d / "arch.json"), **{**TINY, **extra}), tmp_path / "out")
+    assert not (tmp_path / "out").exists()  # refused before anything is written
+
+
+def test_resizing_a_space_without_width_is_refused(tmp_path):
+    d = fake_search_dir(tmp_path / "search", "proxyless_mobile")
+    with pytest.raises(ConfigError, match="space 'proxyless_mobile' has no 'width' argument, so --width"):
+        retrain(RetrainConfig(arch=str(d), width=16, **TINY), tmp_path / "out")
+
+
+def test_augmentation_crops_with_black_padding_and_flips_only_where_it_makes_sense():
+    x = torch.arange(2 * 8 * 8, dtype=torch.float32).view(2, 1, 8, 8)
+    aug = TensorAugment(padding=1, flip=False, fill=[-7.0], seed=0)
+    outs = [aug(x) for _ in range(20)]
+    assert all(o.shape == x.shape for o in outs)
+    assert any(not torch.equal(o, x) for o in outs)  # shifted at least once
+    for o in outs:  # every output is a window of the padded image: original pixels or the fill value
+        assert set(o.unique().tolist()) <= set(x.unique().tolist()) | {-7.0}
+    again = TensorAugment(padding=1, flip=False, fill=[-7.0], seed=0)
+    assert all(torch.equal(o, again(x)) for o in outs)  # seeded
+
+    flipper = TensorAugment(padding=0, flip=True, fill=[0.0], seed=1)
+    flips = [flipper(x) for _ in range(20)]
+    assert all(torch.equal(f[i], x[i]) or torch.equal(f[i], x[i].flip(2)) for f in flips for i in range(2))
+    assert any(torch.equal(f[0], x[0].flip(2)) for f in flips)
+
+    mean, std = [0.5], [0.25]
+    assert make_augment("auto", "digits", (1, 8, 8), mean, std, 0).describe() == {"crop_padding": 1, "horizontal_flip": False}
+    assert make_augment("auto", "fashion-mnist", (1, 28, 28), mean, std, 0).describe() == {"crop_padding": 2, "horizontal_flip": True}
+    assert make_augment("auto", "cifar10", (3, 32, 32), mean * 3, std * 3, 0).describe() == {"crop_padding": 4, "horizontal_flip": True}
+    assert make_augment("crop", "cifar10", (3, 32, 32), mean * 3, std * 3, 0).describe()["horizontal_flip"] is False
+    assert make_augment("none", "cifar10", (3, 32, 32), mean * 3, std * 3, 0) is None
+    assert make_augment("auto", "digits", (1, 8, 8), mean, std, 0).fill.item() == -2.0  # a black pixel, normalised
+
+
+def test_warmup_then_cosine(tiny_images):
+    x, y = tiny_images
+    records = []
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))
+    train_from_scratch(model, TensorLoader(x, y, 16), 4, lr=0.3, warmup_epochs=2, on_record=records.append)
+    assert [r["lr"] for r in records] == pytest.approx([0.1, 0.2, 0.3, 0.15])
+    with pytest.raises(ValueError, match="warmup_epochs"):
+        train_from_scratch(model, TensorLoader(x, y, 16), 2, warmup_epochs=2)
+
+
+def test_retrain_after_a_real_search(tmp_path):
+    config = SearchConfig.create({"epochs": 1, "seed": 1, "space.width": 4, "space.num_cells": 2, "space.num_nodes": 2,
+                                  "final_epochs": 1, "max_train_samples": 100, "num_threads": 1})
+    nni_visplugin.run_search(config, tmp_path / "search")
+    metrics = retrain(RetrainConfig(arch=str(tmp_path / "search" / "arch.json"), **{**TINY, "epochs": 1}),
+                      tmp_path / "retrain")
+    assert metrics["arch"] == json.loads((tmp_path / "search" / "arch.json").read_text())
+    assert metrics["space_kwargs"]["num_nodes"] == 2
+    nni_visplugin.load_model(tmp_path / "retrain")
+    nni_visplugin.load_model(tmp_path / "search")  # search directories still load
+
+
+def test_cli_retrain_quiet_and_one_line_errors(search_dir, tmp_path):
+    out = subprocess.run(CLI + ["retrain", "--arch", str(search_dir / "arch.json"), "--epochs", "1",
+                                "--max-train-samples", "100", "--threads", "1", "--quiet", "--out", str(tmp_path / "r")],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert set(json.loads(out.stdout.splitlines()[0])) >= {"test_accuracy", "num_params", "flops", "latency_ms"}
+    assert "batch/s" not in out.stderr and " INFO " not in out.stderr  # quiet: no bar, no log lines
+    assert (tmp_path / "r" / "metrics.json").is_file()
+
+    bad = subprocess.run(CLI + ["retrain", "--arch", str(tmp_path / "nowhere" / "arch.json"), "--out", str(tmp_path / "x")],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines() == [f"nni-visplugin: error: architecture file {tmp_path / 'nowhere' / 'arch.json'} "
+                                               "is missing; --arch takes the arch.json of a search output directory"]
