@@ -5,6 +5,8 @@ would collide with an unrelated package on PyPI.
 """
 from setuptools import setup
 
+EXPORT = ["onnx>=1.16", "onnxruntime>=1.18", "onnxscript>=0.3"]
+
 setup(
     name="nni-visplugin",
     version="0.1.0",
@@ -39,7 +41,9 @@ setup(
     extras_require={
         # A shared Optuna study on a PostgreSQL server (tuner classArgs storage_env).
         "postgres": ["psycopg2-binary>=2.9"],
-        "test": ["pytest>=7", "pytest-timeout>=2.1", "psycopg2-binary>=2.9"],
+        # nni-visplugin export: torch.onnx's exporter needs onnxscript; onnxruntime checks the file.
+        "export": EXPORT,
+        "test": ["pytest>=7", "pytest-timeout>=2.1", "psycopg2-binary>=2.9", *EXPORT],
     },
     entry_points={
         "console_scripts": ["nni-visplugin=nni_visplugin.cli:main"],
