@@ -206,6 +206,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_pipeline(args: argparse.Namespace) -> int:
+    from nni_visplugin.pipeline import PipelineConfig, run_pipeline
+
+    run_pipeline(PipelineConfig.load(args.config, out=args.out, port=args.port))
+    return 0
+
+
 def _study_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", help="experiment id, experiment directory, storage URL, or env:VARIABLE holding a URL")
     p.add_argument("--study", default=None, help="study name (default: nni-<experiment id>, or the storage's only study)")
@@ -283,6 +290,12 @@ def build_parser() -> argparse.ArgumentParser:
                       help="NNI's experimentWorkingDirectory (default: ~/nni-experiments)")
     best.add_argument("--top", type=int, default=10, help="rows to print")
     best.set_defaults(func=_cmd_best)
+
+    pipe = sub.add_parser("pipeline", help="search with NNI, pick the best, retrain, test, export, write a report")
+    pipe.add_argument("--config", required=True, help="pipeline YAML (experiment + pipeline sections)")
+    pipe.add_argument("--out", default=None, help="output directory (default: the config's pipeline.out)")
+    pipe.add_argument("--port", type=int, default=None, help="NNI web UI port (default: the config's, or 8080)")
+    pipe.set_defaults(func=_cmd_pipeline)
 
     pareto = sub.add_parser("pareto", help="print a multi-objective study's Pareto front; write it as JSON and PNG")
     _study_arguments(pareto)

@@ -60,6 +60,19 @@ def run_experiment(tmp_path: Path, config: dict, timeout: float = 400, browse_di
     return json.loads(out.read_text())
 
 
+def run_in_netns(cmd: list[str], tmp_path: Path, timeout: float, env: dict[str, str] | None = None
+                 ) -> subprocess.CompletedProcess:
+    """Run ``cmd`` (which starts NNI managers) with HOME under ``tmp_path`` and, where the machine
+    allows it, in a private network namespace whose only interface is loopback."""
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    env = {**os.environ, **(env or {}), "HOME": str(home),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    if _netns_available():
+        cmd = ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", *cmd]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+
+
 @pytest.fixture
 def tiny_images():
     g = torch.Generator().manual_seed(0)

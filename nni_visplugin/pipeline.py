@@ -1,0 +1,266 @@
+"""The whole pipeline in one command: search, pick, retrain, test, export, report.
+
+``nni-visplugin pipeline --config experiments/fashion_mnist.yml`` reads a YAML file with two parts:
+``experiment``, an NNI experiment config as ``nnictl create`` takes it (Optuna-tuned searches, one
+per trial), and ``pipeline``, what to do with its best search:
+
+.. code-block:: yaml
+
+    pipeline:
+      out: runs/fashion_mnist      # everything goes here (relative to the current directory)
+      port: 8080                   # NNI's web UI while the searches run
+      retrain: {dataset: fashion-mnist, epochs: 30, width: 16, cells: 8, seeds: [0, 1, 2]}
+      export: [onnx]
+    experiment:
+      trialCommand: python -m nni_visplugin.trial ...
+      ...
+
+Stages leave their files as they finish, and a stage whose files are there is not run again, so a
+pipeline cut short resumes where it stopped when started again with the same ``out``. The best
+search is picked by the validation accuracy of its derived network; the test split is read only by
+the retraining, once, at its end.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from nni_visplugin.config import ConfigError
+
+__all__ = ["PipelineConfig", "run_pipeline"]
+
+_logger = logging.getLogger("nni_visplugin.pipeline")
+
+RETRAIN_KEYS = ("dataset", "data_dir", "epochs", "width", "cells", "batch_size", "lr", "label_smoothing",
+                "warmup_epochs", "augment", "threads", "device", "max_train_samples", "seeds")
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    experiment: dict[str, Any]
+    out: Path
+    port: int = 8080
+    retrain: dict[str, Any] = field(default_factory=dict)
+    seeds: tuple[int, ...] = (0,)
+    export: tuple[str, ...] = ("onnx",)
+    baselines: Path | None = None
+    source: Path | None = None
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, out: str | None = None, port: int | None = None) -> "PipelineConfig":
+        path = Path(path)
+        try:
+            doc = yaml.safe_load(path.read_text())
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: malformed YAML: {exc}") from None
+        if not isinstance(doc, dict) or not isinstance(doc.get("experiment"), dict):
+            raise ConfigError(f"{path}: needs an 'experiment' mapping (an NNI experiment config) and a 'pipeline' mapping")
+        unknown = sorted(set(doc) - {"experiment", "pipeline"})
+        if unknown:
+            raise ConfigError(f"{path}: unknown top-level key(s) {', '.join(unknown)}; use experiment and pipeline")
+        p = doc.get("pipeline") or {}
+        known = {"out", "port", "retrain", "export", "baselines"}
+        if set(p) - known:
+            raise ConfigError(f"{path}: unknown pipeline key(s) {', '.join(sorted(set(p) - known))}; "
+                              f"known: {', '.join(sorted(known))}")
+        retrain = dict(p.get("retrain") or {})
+        bad = sorted(set(retrain) - set(RETRAIN_KEYS))
+        if bad:
+            raise ConfigError(f"{path}: unknown pipeline.retrain key(s) {', '.join(bad)}; known: {', '.join(RETRAIN_KEYS)}")
+        seeds = retrain.pop("seeds", [0])
+        if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
+            raise ConfigError(f"{path}: pipeline.retrain.seeds must be a non-empty list of integers >= 0")
+        export = p.get("export", ["onnx"])
+        export = [export] if isinstance(export, str) else list(export or [])
+        if any(f not in ("onnx", "torchscript") for f in export):
+            raise ConfigError(f"{path}: pipeline.export takes onnx and/or torchscript, got {export}")
+        port = port if port is not None else p.get("port", 8080)
+        if not isinstance(port, int) or not 1 <= port <= 65535:
+            raise ConfigError(f"{path}: pipeline.port must be a TCP port, got {port!r}")
+        base = path.resolve().parent
+        baselines = p.get("baselines")
+        return cls(experiment=doc["experiment"], out=Path(out or p.get("out") or f"runs/{path.stem}").resolve(),
+                   port=port, retrain=retrain, seeds=tuple(seeds), export=tuple(export),
+                   baselines=(base / baselines) if baselines else None, source=path.resolve())
+
+
+# ---------------------------------------------------------------------- stage 1: the NNI experiment
+def _nni_config(cfg: PipelineConfig) -> dict[str, Any]:
+    """The experiment with paths made absolute (NNI resolves them against the config file, which
+    the pipeline writes elsewhere) and its working directory inside ``out``."""
+    exp = json.loads(json.dumps(cfg.experiment))
+    base = cfg.source.parent if cfg.source else Path.cwd()
+    for key in ("trialCodeDirectory",):
+        if key in exp:
+            exp[key] = str((base / exp[key]).resolve())
+    for section in ("tuner", "assessor"):
+        if isinstance(exp.get(section), dict) and "codeDirectory" in exp[section]:
+            exp[section]["codeDirectory"] = str((base / exp[section]["codeDirectory"]).resolve())
+    exp.setdefault("experimentWorkingDirectory", str(cfg.out / "nni"))
+    return exp
+
+
+def _get(port: int, path: str) -> Any:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/nni/{path}", timeout=10) as r:
+        return json.loads(r.read())
+
+
+def _nnictl() -> str:
+    found = Path(sys.executable).with_name("nnictl")
+    return str(found) if found.exists() else (shutil.which("nnictl") or "nnictl")
+
+
+def run_experiment(cfg: PipelineConfig) -> dict[str, Any]:
+    """``nnictl create``, follow it to the end (printing progress), ``nnictl stop``."""
+    from nni_visplugin.check import check_experiment
+
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    exp_path = cfg.out / "experiment.yml"
+    exp_path.write_text(yaml.safe_dump(_nni_config(cfg), sort_keys=False))
+    problems = check_experiment(exp_path)
+    if problems:
+        raise ConfigError("the experiment does not pass nni-visplugin check:\n  " + "\n  ".join(problems))
+    started = time.time()
+    created = subprocess.run([_nnictl(), "create", "--config", str(exp_path), "--port", str(cfg.port)],
+                             capture_output=True, text=True, timeout=300)
+    output = created.stdout + created.stderr
+    match = re.search(r"nnictl stop (\w+)", output) or re.search(r"Experiment ID: ?\S*?(\w{8})", output)
+    if created.returncode != 0 or not match:
+        raise RuntimeError(f"nnictl create failed:\n{output[-3000:]}")
+    exp_id = match.group(1)
+    print(f"search: experiment {exp_id}, web UI http://127.0.0.1:{cfg.port} (NNI listens on every interface: "
+          "see the README's Security section)", flush=True)
+    status: dict[str, Any] = {}
+    try:
+        last = None
+        while True:
+            try:
+                status = _get(cfg.port, "check-status")
+                trials = _get(cfg.port, "trial-jobs")
+            except OSError:
+                time.sleep(2)
+                continue
+            done = sum(t["status"] not in ("WAITING", "RUNNING", "UNKNOWN") for t in trials)
+            line = f"search: {status.get('status')} {done}/{cfg.experiment.get('maxTrialNumber', '?')} trials done"
+            if line != last:
+                print(f"{line} ({time.time() - started:.0f} s)", flush=True)
+                last = line
+            if status.get("status") in ("DONE", "ERROR", "STOPPED"):
+                break
+            time.sleep(5)
+    finally:
+        subprocess.run([_nnictl(), "stop", exp_id], capture_output=True, text=True, timeout=120)
+    if status.get("status") == "ERROR":
+        raise RuntimeError(f"the experiment ended with ERROR: {status.get('errors')}; see nnictl log stderr {exp_id}")
+    work = Path(_nni_config(cfg)["experimentWorkingDirectory"])
+    return {"experiment_id": exp_id, "experiment_dir": str(work / exp_id), "status": status.get("status"),
+            "search_wall_seconds": round(time.time() - started, 1)}
+
+
+def collect_trials(exp_dir: Path) -> list[dict[str, Any]]:
+    rows = []
+    for result_file in sorted(exp_dir.glob("**/trials/*/result.json")):
+        try:
+            result = json.loads(result_file.read_text())
+            tuned = json.loads(result_file.with_name("parameters.json").read_text()).get("parameters", {})
+        except (OSError, json.JSONDecodeError):
+            continue
+        rows.append({"trial": result_file.parent.name, "dir": str(result_file.parent),
+                     "val_accuracy": result["val_accuracy"], "num_params": result["num_params"], "tuned": tuned,
+                     "tuned_text": json.dumps(tuned, sort_keys=True), "search_seconds": result.get("search_seconds")})
+    return rows
+
+
+# ---------------------------------------------------------------------- the whole thing
+def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
+    from nni_visplugin.export import export_model
+    from nni_visplugin.report import PUBLISHED_FASHION_MNIST, write_report
+    from nni_visplugin.retrain import RetrainConfig, retrain
+    from nni_visplugin.search import write_json
+
+    started = time.time()
+    out = cfg.out
+    out.mkdir(parents=True, exist_ok=True)
+    search_file = out / "search.json"
+    if search_file.exists():
+        search = json.loads(search_file.read_text())
+        print(f"search: done before ({search['experiment_id']}), reusing {search_file}", flush=True)
+    else:
+        search = run_experiment(cfg)
+        trials = collect_trials(Path(search["experiment_dir"]))
+        if not trials:
+            raise RuntimeError(f"no trial of experiment {search['experiment_id']} finished with a result")
+        best = max(trials, key=lambda t: t["val_accuracy"])  # validation accuracy only: the test split stays unseen
+        search.update({"trials": trials, "best": best})
+        write_json(search_file, search)
+    best = search["best"]
+    print(f"picked: trial {best['trial']} (val accuracy {best['val_accuracy']:.4f}, {best['num_params']} parameters "
+          f"at search size)", flush=True)
+
+    runs = []
+    for seed in cfg.seeds:
+        run_dir = out / "retrain" / f"seed{seed}"
+        if (run_dir / "metrics.json").exists():
+            metrics = json.loads((run_dir / "metrics.json").read_text())
+            print(f"retrain seed {seed}: done before, test accuracy {metrics['test_accuracy']:.4f}", flush=True)
+        else:
+            print(f"retrain seed {seed}: {cfg.retrain}", flush=True)
+            metrics = retrain(RetrainConfig(arch=str(Path(best["dir"]) / "arch.json"), seed=seed, **cfg.retrain),
+                              run_dir)
+            print(f"retrain seed {seed}: test accuracy {metrics['test_accuracy']:.4f} "
+                  f"({metrics['train_seconds']:.0f} s)", flush=True)
+        runs.append({**metrics, "dir": str(run_dir)})
+
+    exports = {}
+    for fmt in cfg.export:
+        exports[fmt] = export_model(runs[0]["dir"], fmt)
+        print(f"export {fmt}: {exports[fmt].get('file', '')} (max abs difference to PyTorch "
+              f"{exports[fmt].get('max_abs_diff')})", flush=True)
+
+    accs = [r["test_accuracy"] for r in runs]
+    mean = statistics.mean(accs)
+    spread = statistics.stdev(accs) if len(accs) > 1 else 0.0
+    comparison = [{"model": "this pipeline (search + retrain)", "test_accuracy": mean, "params": runs[0]["num_params"],
+                   "note": f"mean of seeds {', '.join(map(str, cfg.seeds))} (std {spread:.4f}): "
+                           + ", ".join(f"{a:.4f}" for a in accs)}]
+    if cfg.baselines and cfg.baselines.exists():
+        comparison += json.loads(cfg.baselines.read_text())
+    if cfg.retrain.get("dataset") == "fashion-mnist":
+        comparison += PUBLISHED_FASHION_MNIST
+    total = time.time() - started
+    summary = {
+        "config": str(cfg.source), "experiment": search["experiment_id"], "searches": len(search["trials"]),
+        "picked trial": best["trial"], "picked val accuracy": best["val_accuracy"],
+        "test accuracy (mean over seeds)": mean, "test accuracy std": spread, "seeds": list(cfg.seeds),
+        "parameters": runs[0]["num_params"], "FLOPs per image": runs[0].get("flops"),
+        "latency (ms, batch 1)": runs[0].get("latency_ms"),
+        "search wall time (s)": search.get("search_wall_seconds"),
+        "retrain wall time (s)": round(sum(r.get("wall_seconds", 0) for r in runs), 1),
+        "pipeline wall time this run (s)": round(total, 1),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
+    }
+    history = json.loads((Path(best["dir"]) / "alphas.json").read_text())
+    arch = json.loads((Path(best["dir"]) / "arch.json").read_text())
+    report = write_report(out, title=f"nni-visplugin pipeline: {cfg.source.name if cfg.source else out.name}",
+                          summary=summary, trials=search["trials"], history=history, arch=arch, runs=runs,
+                          comparison=comparison)
+    result = {"summary": summary, "runs": runs, "exports": exports, "comparison": comparison, "report": str(report)}
+    write_json(out / "pipeline.json", result)
+    print(f"report: {report}", flush=True)
+    return result

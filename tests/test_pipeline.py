@@ -1,0 +1,108 @@
+"""`nni-visplugin pipeline` end to end with the real nnictl: search, pick, retrain, test, export, report;
+and a second run with the same output directory redoes nothing."""
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO, free_port, run_in_netns
+from nni_driver import _kill_leftovers
+
+from nni_visplugin.config import ConfigError
+from nni_visplugin.pipeline import PipelineConfig
+
+
+def _tiny_pipeline(tmp_path: Path) -> Path:
+    doc = yaml.safe_load((REPO / "experiments" / "fashion_mnist.yml").read_text())
+    exp = doc["experiment"]
+    exp["maxTrialNumber"] = 2
+    exp["maxExperimentDuration"] = "6m"
+    exp["trialCodeDirectory"] = str(REPO / "experiments")
+    exp["tuner"]["codeDirectory"] = str(REPO / "experiments")
+    exp["searchSpace"]["epochs"] = {"_type": "choice", "_value": [1]}
+    exp["trialCommand"] = ("python -m nni_visplugin.trial --space darts_cell --dataset digits --set space.width=4 "
+                           "--set space.num_cells=2 --set num_threads=1 --set max_train_samples=300 "
+                           "--set partial_channels=2 --set edge_norm=true --set final_epochs=1")
+    doc["pipeline"] = {"out": str(tmp_path / "run"), "retrain": {"dataset": "digits", "epochs": 2, "width": 8,
+                                                                 "threads": 1, "seeds": [0, 1]},
+                       "export": ["onnx"]}
+    path = tmp_path / "pipeline.yml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def test_pipeline_end_to_end_and_resume(tmp_path):
+    config = _tiny_pipeline(tmp_path)
+    cmd = [sys.executable, "-m", "nni_visplugin.cli", "pipeline", "--config", str(config), "--port", str(free_port())]
+    try:
+        first = run_in_netns(cmd, tmp_path, timeout=900)
+    finally:
+        _kill_leftovers(tmp_path / "run" / "nni", None)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    out = tmp_path / "run"
+    result = json.loads((out / "pipeline.json").read_text())
+    search = json.loads((out / "search.json").read_text())
+
+    # The pick is the search whose derived network did best on the validation split.
+    assert len(search["trials"]) == 2
+    assert search["best"]["val_accuracy"] == max(t["val_accuracy"] for t in search["trials"])
+    assert search["status"] == "DONE"
+    # Retrained once per seed, wider than searched, tested once each.
+    runs = result["runs"]
+    assert [r["seed"] for r in runs] == [0, 1]
+    for r in runs:
+        assert 0.0 < r["test_accuracy"] <= 1.0 and (Path(r["dir"]) / "model.pt").exists()
+        assert r["space_kwargs"]["width"] == 8
+    summary = result["summary"]
+    accs = [r["test_accuracy"] for r in runs]
+    assert summary["test accuracy (mean over seeds)"] == pytest.approx(sum(accs) / 2)
+    # Exported and checked against PyTorch.
+    onnx = result["exports"]["onnx"]
+    assert Path(onnx["file"]).exists() and onnx["max_abs_diff"] < 1e-4
+
+    # The report: a page whose every figure exists, with the metrics in it.
+    page = (out / "report.html").read_text()
+    images = re.findall(r'<img src="([^"]+)"', page)
+    assert {"figures/trials.png", "figures/alphas_normal.png", "figures/cell_normal.png",
+            "figures/cell_reduce.png", "figures/retraining.png"} <= set(images)
+    for img in images:
+        assert (out / img).read_bytes()[:4] == b"\x89PNG"
+    assert f"{accs[0]:.4f}" in page and search["best"]["trial"] in page
+
+    # A second run with the same output directory reuses every stage's files.
+    second = run_in_netns(cmd, tmp_path, timeout=300)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "search: done before" in second.stdout
+    assert "retrain seed 0: done before" in second.stdout and "retrain seed 1: done before" in second.stdout
+    again = json.loads((out / "pipeline.json").read_text())
+    assert [r["test_accuracy"] for r in again["runs"]] == accs
+
+
+@pytest.mark.parametrize("doc, message", [
+    ({"pipeline": {}}, "needs an 'experiment' mapping"),
+    ({"experiment": {}, "extra": 1}, "unknown top-level key(s) extra"),
+    ({"experiment": {}, "pipeline": {"retrain": {"epoch": 3}}}, "unknown pipeline.retrain key(s) epoch"),
+    ({"experiment": {}, "pipeline": {"retrain": {"seeds": []}}}, "seeds must be a non-empty list"),
+    ({"experiment": {}, "pipeline": {"export": ["tflite"]}}, "pipeline.export takes onnx and/or torchscript"),
+    ({"experiment": {}, "pipeline": {"port": 0}}, "pipeline.port must be a TCP port"),
+])
+def test_bad_pipeline_configs_are_refused(tmp_path, doc, message):
+    path = tmp_path / "p.yml"
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        PipelineConfig.load(path)
+
+
+def test_shipped_pipeline_config_is_valid(tmp_path):
+    from nni_visplugin.check import check_experiment
+
+    cfg = PipelineConfig.load(REPO / "experiments" / "fashion_mnist.yml")
+    assert cfg.retrain["dataset"] == "fashion-mnist" and len(cfg.seeds) >= 3
+    exp = tmp_path / "experiment.yml"
+    exp.write_text(yaml.safe_dump(cfg.experiment))
+    assert check_experiment(exp) == []
