@@ -74,10 +74,12 @@ def main() -> int:
             continue
         acc = [r["val_accuracy"] for r in mine]
         spread = f" ± {statistics.stdev(acc):.4f}" if len(acc) > 1 else ""
-        print(f"| {v} | {','.join(str(r['seed']) for r in mine)} | {', '.join(str(r['normal_skips'][-1]) for r in mine)} "
-              f"| {statistics.mean(acc):.4f}{spread} ({', '.join(f'{a:.4f}' for a in acc)}) "
-              f"| {', '.join(f'{r['supernet_val_accuracy']:.3f}' for r in mine)} "
-              f"| {', '.join(str(r['search_seconds']) for r in mine)} |")
+        seeds = ",".join(str(r["seed"]) for r in mine)
+        skips = ", ".join(str(r["normal_skips"][-1]) for r in mine)
+        each = ", ".join(f"{a:.4f}" for a in acc)
+        supernet = ", ".join(f"{r['supernet_val_accuracy']:.3f}" for r in mine)
+        seconds = ", ".join(str(r["search_seconds"]) for r in mine)
+        print(f"| {v} | {seeds} | {skips} | {statistics.mean(acc):.4f}{spread} ({each}) | {supernet} | {seconds} |")
     return 0
 
 

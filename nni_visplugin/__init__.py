@@ -21,7 +21,21 @@ __all__ = [
     "register_strategy",
     "run_search",
     "SearchConfig",
+    "retrain",
+    "RetrainConfig",
+    "export_model",
+    "run_pipeline",
+    "PipelineConfig",
 ]
+
+_LAZY = {
+    "SearchConfig": "nni_visplugin.config",
+    "retrain": "nni_visplugin.retrain",
+    "RetrainConfig": "nni_visplugin.retrain",
+    "export_model": "nni_visplugin.export",
+    "run_pipeline": "nni_visplugin.pipeline",
+    "PipelineConfig": "nni_visplugin.pipeline",
+}
 
 
 def create_space(name: str, **kwargs: Any):
@@ -57,8 +71,8 @@ def run_search(config, out_dir, **kwargs):
 
 
 def __getattr__(name: str):
-    if name == "SearchConfig":
-        from nni_visplugin.config import SearchConfig
+    if name in _LAZY:
+        import importlib
 
-        return SearchConfig
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(name)

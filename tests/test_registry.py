@@ -85,3 +85,12 @@ def test_names_that_could_escape_a_directory_are_refused(name):
     reg = Registry("space", "nni_visplugin.test_group_unused", "nni_visplugin.spaces")
     with pytest.raises(ValueError, match="must match"):
         reg.register(name, lambda: 1)
+
+
+def test_every_public_name_resolves():
+    import nni_visplugin
+
+    for name in nni_visplugin.__all__:
+        assert getattr(nni_visplugin, name) is not None, name
+    with pytest.raises(AttributeError):
+        nni_visplugin.no_such_name  # noqa: B018
