@@ -215,6 +215,7 @@ def _latency_report(outcome: Any, space: str, search_kwargs: dict[str, Any], spl
 
 def _history_entry(record: dict[str, Any]) -> dict[str, Any]:
     return {k: record[k] for k in ("epoch", "train_loss", "val_accuracy", "weight_lr", "seconds", "alphas", "arch",
+                                   "alpha_entropy", "normal_skips", "early_stop",
                                    "latency_expected_ms", "latency_predicted_ms") if k in record}
 
 

@@ -41,6 +41,8 @@ def test_search_writes_arch_alphas_and_result(search_dir):
     alphas = json.loads((search_dir / "alphas.json").read_text())
     assert [h["epoch"] for h in alphas] == [0, 1]
     assert "normal/op_0_0" in alphas[0]["alphas"]
+    for h in alphas:  # the health monitor's record of each epoch
+        assert 0.0 <= h["alpha_entropy"] <= 1.0 and h["normal_skips"] >= 0
     arch = json.loads((search_dir / "arch.json").read_text())
     assert all(v != "none" for v in arch.values())
 
