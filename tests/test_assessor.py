@@ -158,3 +158,20 @@ def test_a_final_result_overtaking_the_last_intermediate_results_loses_neither()
     t0, t1 = tuner.study.get_trials()
     assert t0.state == TrialState.COMPLETE and t0.value == 0.5 and t0.intermediate_values == {0: 0.2, 1: 0.5}
     assert t1.state == TrialState.COMPLETE and t1.value == 0.3 and t1.intermediate_values == {0: 0.3}
+
+
+def test_a_result_held_for_the_trials_end_survives_a_crash(tmp_path, monkeypatch):
+    """With an assessor the tuner tells a result at the trial's end; if the manager dies in between,
+    the resumed tuner finds the result in the study and tells it, instead of failing the trial."""
+    monkeypatch.setenv("NNI_LOG_DIRECTORY", str(tmp_path / "exp1" / "log"))
+    (tmp_path / "exp1" / "log").mkdir(parents=True)
+    tuner = OptunaTuner(sampler="random", seed=0)
+    tuner.update_search_space(SPACE)
+    OptunaAssessor()
+    p0, p1 = tuner.generate_parameters(0), tuner.generate_parameters(1)
+    tuner.receive_trial_result(0, p0, {"default": 0.7})  # result in; the end never handled: crash
+    LINK.tuner = None
+    resumed = OptunaTuner(sampler="random", seed=0)
+    t0, t1 = resumed.study.get_trials()
+    assert t0.state == TrialState.COMPLETE and t0.value == 0.7
+    assert t1.state == TrialState.FAIL  # no result had arrived

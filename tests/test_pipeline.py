@@ -28,7 +28,7 @@ def _tiny_pipeline(tmp_path: Path) -> Path:
     exp["trialCommand"] = ("python -m nni_visplugin.trial --space darts_cell --dataset digits --set space.width=4 "
                            "--set space.num_cells=2 --set num_threads=1 --set max_train_samples=300 "
                            "--set partial_channels=2 --set edge_norm=true --set final_epochs=1")
-    doc["pipeline"] = {"out": str(tmp_path / "run"), "retrain": {"dataset": "digits", "epochs": 2, "width": 8,
+    doc["pipeline"] = {"out": str(tmp_path / "run"), "retrain": {"dataset": "digits", "epochs": 1, "width": 8,
                                                                  "threads": 1, "seeds": [0, 1]},
                        "export": ["onnx"]}
     path = tmp_path / "pipeline.yml"

@@ -272,3 +272,11 @@ def test_a_custom_sampler_class_by_name_gets_the_seed():
     for t in (tuner, other):
         t.update_search_space({"u": {"_type": "uniform", "_value": [0, 1]}})
     assert [tuner.generate_parameters(i) for i in range(3)] == [other.generate_parameters(i) for i in range(3)]
+
+
+def test_trials_still_open_when_the_experiment_stops_are_closed():
+    tuner, _ = _draw({"u": {"_type": "uniform", "_value": [0, 1]}}, 0)
+    p = [tuner.generate_parameters(i) for i in range(3)]
+    tuner.receive_trial_result(0, p[0], 0.5)
+    tuner._on_exit()  # NNI calls it when the dispatcher ends (experiment done or stopped)
+    assert [t.state for t in tuner.study.get_trials()] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.FAIL]

@@ -145,10 +145,18 @@ class OptunaTuner(Tuner):
         if self.experiment_id is None:
             return
         for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if trial.user_attrs.get("nni_experiment") == self.experiment_id:
-                self.study.tell(trial.number, state=TrialState.FAIL)
-                _logger.warning("Optuna trial %d (NNI parameter id %s) was left running by an interrupted run: "
-                                "told as FAIL", trial.number, trial.user_attrs.get("nni_parameter_id"))
+            if trial.user_attrs.get("nni_experiment") != self.experiment_id:
+                continue
+            pending = trial.user_attrs.get("nni_pending_values")
+            if pending is not None and len(pending) == len(self.objectives):
+                # Its final result had arrived; only the end of the trial had not been handled.
+                self.study.tell(trial.number, pending, state=TrialState.COMPLETE)
+                _logger.warning("Optuna trial %d (NNI parameter id %s): its result arrived before the interruption: "
+                                "told as COMPLETE", trial.number, trial.user_attrs.get("nni_parameter_id"))
+                continue
+            self.study.tell(trial.number, state=TrialState.FAIL)
+            _logger.warning("Optuna trial %d (NNI parameter id %s) was left running by an interrupted run: "
+                            "told as FAIL", trial.number, trial.user_attrs.get("nni_parameter_id"))
 
     # ------------------------------------------------------------------ NNI tuner interface
     @surface_errors("tuner")
@@ -168,13 +176,13 @@ class OptunaTuner(Tuner):
                     self._finish(pid, TrialState.FAIL)
             self._ended_without_result.clear()
         trial = self.study.ask()
+        params = suggest(trial, self._params)
+        trial.set_user_attr("nni_params", json.dumps(params, sort_keys=True))
         trial.set_user_attr("nni_parameter_id", parameter_id)
         if self.experiment_id is not None:
             trial.set_user_attr("nni_experiment", self.experiment_id)
         if kwargs.get("trial_job_id"):
             trial.set_user_attr("nni_trial_job_id", kwargs["trial_job_id"])
-        params = suggest(trial, self._params)
-        trial.set_user_attr("nni_params", json.dumps(params, sort_keys=True))
         with LINK.lock:
             self._trials[parameter_id] = trial
         return params
@@ -204,7 +212,9 @@ class OptunaTuner(Tuner):
             if self.assessor_attached and parameter_id not in self._ended_without_result:
                 # NNI hands the trial's last intermediate results to the assessor on another queue, which
                 # may still hold them; that queue also carries the trial's end, after them: tell then.
+                # Kept in the study meanwhile, so a crash before the end loses nothing (see resume).
                 self._results[parameter_id] = values
+                trial.set_user_attr("nni_pending_values", values)
                 return
             self._ended_without_result.discard(parameter_id)
             self._finish(parameter_id, TrialState.COMPLETE, values)
@@ -273,6 +283,11 @@ class OptunaTuner(Tuner):
                 if pid in self._trials:
                     self._finish(pid, TrialState.FAIL)
             self._ended_without_result.clear()
+            # The experiment is over (or stopped): parameters NNI asked for but never ran, or trials
+            # it will re-run after a resume (their results then come back through import_data).
+            for pid in sorted(self._trials):
+                _logger.info("trial %s had not ended when the experiment stopped: told to Optuna as FAIL", pid)
+                self._finish(pid, TrialState.FAIL)
 
     # ------------------------------------------------------------------ helpers
     def _values(self, value: Any) -> list[float] | None:

@@ -22,7 +22,7 @@ out = Path(os.environ.get("NNI_OUTPUT_DIR", "."))
 (out / "parameters.json").write_text(json.dumps({"trial_id": nni.get_trial_id(), "parameter_id": pid,
                                                  "parameters": params}))
 x, steps = float(params["x"]), int(params.get("steps", 4))
-delay = float(os.environ.get("TOY_STEP_SECONDS", "1.0"))
+delay = float(os.environ.get("TOY_STEP_SECONDS", "0.5"))
 for step in range(steps):
     time.sleep(delay)
     nni.report_intermediate_result({"default": x * (step + 1) / steps, "parameter_id": pid})
