@@ -82,23 +82,32 @@ def _check_latency_table(config) -> str | None:
     return None
 
 
+def _check_class(section: dict[str, Any], name: str, cls: type) -> tuple[list[str], bool]:
+    """NNI's codeDirectory rule and the class's argument names; False when the arguments are wrong."""
+    from nni_visplugin.registry import check_kwargs
+
+    problems = []
+    if "codeDirectory" not in section:
+        problems.append(f"{name}.codeDirectory: NNI requires it with className; use '.'")
+    try:
+        check_kwargs(cls, section.get("classArgs") or {}, f"{name}.classArgs")
+    except TypeError as exc:
+        return problems + [str(exc)], False
+    return problems, True
+
+
 def _check_tuner(tuner: Any) -> list[str]:
     if not isinstance(tuner, dict):
         return ["tuner: missing; use className: nni_visplugin.tuners.OptunaTuner"]
     if tuner.get("className") != TUNER_CLASS:
         return []  # someone else's tuner: not ours to judge
-    from nni_visplugin.registry import check_kwargs
     from nni_visplugin.tuners._study import make_sampler, storage_url
     from nni_visplugin.tuners.optuna_tuner import OptunaTuner, _objectives
 
     args = tuner.get("classArgs") or {}
-    problems = []
-    if "codeDirectory" not in tuner:
-        problems.append("tuner.codeDirectory: NNI requires it with className; use '.'")
-    try:
-        check_kwargs(OptunaTuner, args, "tuner.classArgs")
-    except TypeError as exc:
-        return problems + [str(exc)]
+    problems, ok = _check_class(tuner, "tuner", OptunaTuner)
+    if not ok:
+        return problems
     # The same validation the tuner runs when NNI starts it, short of opening the storage.
     steps = (
         lambda: _objectives(args.get("objectives"), args.get("optimize_mode"), args.get("metric", "default")),
@@ -117,18 +126,13 @@ def _check_tuner(tuner: Any) -> list[str]:
 def _check_assessor(assessor: Any, tuner: Any) -> list[str]:
     if assessor is None or not isinstance(assessor, dict) or assessor.get("className") != ASSESSOR_CLASS:
         return []
-    from nni_visplugin.registry import check_kwargs
     from nni_visplugin.tuners._study import PRUNERS, make_pruner
     from nni_visplugin.tuners.optuna_assessor import OptunaAssessor
 
     args = assessor.get("classArgs") or {}
-    problems = []
-    if "codeDirectory" not in assessor:
-        problems.append("assessor.codeDirectory: NNI requires it with className; use '.'")
-    try:
-        check_kwargs(OptunaAssessor, args, "assessor.classArgs")
-    except TypeError as exc:
-        return problems + [str(exc)]
+    problems, ok = _check_class(assessor, "assessor", OptunaAssessor)
+    if not ok:
+        return problems
     name = args.get("pruner", "median")
     if name not in PRUNERS:
         try:
