@@ -73,6 +73,21 @@ def run_in_netns(cmd: list[str], tmp_path: Path, timeout: float, env: dict[str, 
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
 
 
+@pytest.fixture(scope="session")
+def darts_experiment(tmp_path_factory):
+    """The shipped experiments/darts.yml, shrunk to 4 short trials, run once for the whole session;
+    where Chromium is installed its web UI is browsed (and clicked through) before it is stopped."""
+    import shutil
+
+    from test_nni_integration import _shipped_config, _tiny
+
+    tmp = tmp_path_factory.mktemp("nni")
+    browse = tmp / "browse" if (shutil.which("chromium") or shutil.which("chromium-browser")) else None
+    report = run_experiment(tmp, _tiny(_shipped_config(), trials=4), timeout=420, browse_dir=browse)
+    report["browse_dir"] = str(browse) if browse else None
+    return report
+
+
 @pytest.fixture
 def tiny_images():
     g = torch.Generator().manual_seed(0)

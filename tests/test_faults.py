@@ -100,7 +100,8 @@ def test_crash_and_nnictl_resume_lose_nothing(tmp_path):
     failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
     assert len(failed) >= len(running_before)
     # no parameters were drawn twice because the resumed sampler restarted its random stream
-    # (a trial the stopping dispatcher had only begun to draw holds no parameters)
-    drawn = [t.user_attrs["nni_params"] for t in trials if "nni_params" in t.user_attrs]
+    # (imported records are not draws; a trial the stopping dispatcher had only begun to draw holds none)
+    drawn = [t.user_attrs["nni_params"] for t in trials
+             if "nni_parameter_id" in t.user_attrs and "nni_params" in t.user_attrs]
 
     assert len(drawn) == len(set(drawn))

@@ -58,10 +58,8 @@ def _tiny(config: dict, trials: int) -> dict:
 
 
 @pytest.fixture(scope="module")
-def experiment(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("nni")
-    report = run_experiment(tmp, _tiny(_shipped_config(), trials=4), timeout=420)
-    return report
+def experiment(darts_experiment):
+    return darts_experiment  # shared with the web UI test: one experiment for both
 
 
 def test_experiment_ends_done_with_every_trial_succeeded(experiment):

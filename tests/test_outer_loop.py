@@ -51,20 +51,39 @@ def _ran(report) -> dict[int, dict]:
     return {r["parameter_id"]: r for r in (json.loads(f.read_text()) for f in files)}
 
 
+@pytest.fixture(scope="module")
+def toy_runs(tmp_path_factory):
+    """The toy experiments of this module, run at the same time (each in its own directory, HOME,
+    port and network namespace): they mostly wait on NNI, so together they take the time of one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    dirs = {name: tmp_path_factory.mktemp(name) for name in ("tuner", "assessor", "median", "pareto")}
+    configs = {
+        "tuner": _toy_config(6, tuner_args={"sampler": "faulty:ExplodingSampler",
+                                            "sampler_args": {"after": 2, "stamp": str(dirs["tuner"] / "fault_time")}}),
+        "assessor": _toy_config(6, assessor={"pruner": "faulty:ExplodingPruner", "pruner_args": {
+            "after": 3, "stamp": str(dirs["assessor"] / "fault_time")}}),
+        "median": _toy_config(6, assessor={"pruner": "median", "n_startup_trials": 2, "n_warmup_steps": 1}),
+        "pareto": _toy_config(8, concurrency=2, tuner_args={
+            "sampler": "nsga2", "objectives": {"default": "maximize", "num_params": "minimize"}}),
+    }
+    configs["pareto"]["searchSpace"]["steps"] = {"_type": "choice", "_value": [1]}
+    for role in ("tuner", "assessor"):
+        # The default working directory (under the test's own HOME), where `nnictl log stderr` looks.
+        configs[role]["experimentWorkingDirectory"] = str(dirs[role] / "home" / "nni-experiments")
+    with ThreadPoolExecutor(len(configs)) as pool:
+        futures = {name: pool.submit(run_experiment, dirs[name], config, 300) for name, config in configs.items()}
+        return {name: (f.result(), dirs[name]) for name, f in futures.items()}
+
+
 @pytest.mark.parametrize("role", ["tuner", "assessor"])
-def test_an_exception_in_the_tuner_or_assessor_ends_the_experiment_with_its_message(tmp_path, role):
+def test_an_exception_in_the_tuner_or_assessor_ends_the_experiment_with_its_message(toy_runs, role):
+    report, tmp_path = toy_runs[role]
     stamp = tmp_path / "fault_time"
     if role == "tuner":
-        config = _toy_config(6, tuner_args={"sampler": "faulty:ExplodingSampler",
-                                            "sampler_args": {"after": 2, "stamp": str(stamp)}})
         message = "tuner OptunaTuner.generate_parameters failed: RuntimeError: sampler exploded on purpose after 2 draws"
     else:
-        config = _toy_config(6, assessor={"pruner": "faulty:ExplodingPruner",
-                                          "pruner_args": {"after": 3, "stamp": str(stamp)}})
         message = "assessor OptunaAssessor.assess_trial failed: RuntimeError: pruner exploded on purpose after 3 calls"
-    # The default working directory (under the test's own HOME), where `nnictl log stderr` looks.
-    config["experimentWorkingDirectory"] = str(tmp_path / "home" / "nni-experiments")
-    report = run_experiment(tmp_path, config, timeout=180)
     # NNI 3.0 alone keeps such an experiment RUNNING forever; here it ends ERROR within seconds.
     assert report["status"] == "ERROR", report
     assert report["status_seen_at"]["ERROR"] - float(stamp.read_text()) < 15
@@ -76,18 +95,17 @@ def test_an_exception_in_the_tuner_or_assessor_ends_the_experiment_with_its_mess
     assert not report.get("timed_out")
 
 
-def test_the_assessor_prunes_exactly_the_trials_the_median_rule_names(tmp_path):
+def test_the_assessor_prunes_exactly_the_trials_the_median_rule_names(toy_runs):
     """Trial k reports x_k * (s+1)/4 at steps s = 0..3 and ends with x_k. The median pruner with 2
     start-up trials and 1 warm-up step stops trial k at step 1 exactly when x_k is below the median
     of the x of the trials completed before it (one trial at a time, so "before" is well defined)."""
-    config = _toy_config(8, assessor={"pruner": "median", "n_startup_trials": 2, "n_warmup_steps": 1})
-    report = run_experiment(tmp_path, config, timeout=300)
+    report, _ = toy_runs["median"]
     assert report["status"] == "DONE", report
     ran = _ran(report)
     status_of = {t["trialJobId"]: t["status"] for t in report["trials"]}
     finals = {m["trialJobId"] for m in report["metrics"] if m["type"] == "FINAL"}
     optuna_trials = {t.user_attrs["nni_parameter_id"]: t for t in _study(report).get_trials()}
-    assert len(ran) == len(optuna_trials) == 8
+    assert len(ran) == len(optuna_trials) == 6
     manager_log = next(Path(report["experiment_dir"]).glob("log/nnimanager.log")).read_text()
     completed: list[float] = []
     pruned = 0
@@ -115,11 +133,8 @@ def test_the_assessor_prunes_exactly_the_trials_the_median_rule_names(tmp_path):
     assert pruned >= 1, "the seed drew no trial to prune: the test checks nothing"
 
 
-def test_multi_objective_experiment_and_its_pareto_front(tmp_path):
-    config = _toy_config(8, concurrency=2, tuner_args={"sampler": "nsga2",
-                                                       "objectives": {"default": "maximize", "num_params": "minimize"}})
-    config["searchSpace"]["steps"] = {"_type": "choice", "_value": [1]}
-    report = run_experiment(tmp_path, config, timeout=240)
+def test_multi_objective_experiment_and_its_pareto_front(toy_runs, tmp_path):
+    report, _ = toy_runs["pareto"]
     assert report["status"] == "DONE", report
     study = _study(report)
     trials = study.get_trials()
@@ -169,7 +184,7 @@ def test_two_experiments_share_one_postgresql_study(tmp_path, postgres):
     env = {"NNI_VISPLUGIN_TEST_STUDY_URL": postgres.socket_url}
     configs = []
     for seed in (0, 1):  # different seeds: a shared study with the same seed would draw the same points
-        config = _toy_config(6, concurrency=2, tuner_args={"seed": seed, "sampler": "tpe", "study_name": "shared",
+        config = _toy_config(4, concurrency=2, tuner_args={"seed": seed, "sampler": "tpe", "study_name": "shared",
                                                            "storage_env": "NNI_VISPLUGIN_TEST_STUDY_URL"})
         config["searchSpace"]["steps"] = {"_type": "choice", "_value": [2]}
         configs.append(config)
@@ -181,15 +196,15 @@ def test_two_experiments_share_one_postgresql_study(tmp_path, postgres):
 
     study = optuna.load_study(study_name="shared", storage=postgres.url)
     trials = study.get_trials()
-    assert len(trials) == 12 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    assert len(trials) == 8 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
     keys = [(t.user_attrs["nni_experiment"], t.user_attrs["nni_parameter_id"]) for t in trials]
-    assert len(set(keys)) == 12  # every trial of both experiments recorded once
+    assert len(set(keys)) == 8  # every trial of both experiments recorded once
     by_key = dict(zip(keys, trials))
     for report in reports:
         assert report["status"] == "DONE", report
-        assert len(report["trials"]) == 6 and all(t["status"] == "SUCCEEDED" for t in report["trials"])
+        assert len(report["trials"]) == 4 and all(t["status"] == "SUCCEEDED" for t in report["trials"])
         ran = _ran(report)
-        assert len(ran) == 6
+        assert len(ran) == 4
         for pid, record in ran.items():
             told = by_key[(report["experiment_id"], pid)]
             assert json.loads(told.user_attrs["nni_params"]) == record["parameters"]

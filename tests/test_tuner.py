@@ -111,10 +111,14 @@ def test_success_without_a_result_and_nan_results_are_failures():
     tuner.receive_trial_result(1, p1, float("nan"))
     states = [t.state for t in tuner.study.get_trials()]
     assert states == [TrialState.RUNNING, TrialState.FAIL, TrialState.COMPLETE]
-    # ... until NNI asks for the next trial, which it does only after both queues have delivered.
+    # ... even once NNI has asked for the next trial (it can deliver the result after that) ...
     tuner.generate_parameters(3)
     states = [t.state for t in tuner.study.get_trials()]
-    assert states == [TrialState.FAIL, TrialState.FAIL, TrialState.COMPLETE, TrialState.RUNNING]
+    assert states == [TrialState.RUNNING, TrialState.FAIL, TrialState.COMPLETE, TrialState.RUNNING]
+    # ... until the experiment ends without it.
+    tuner._on_exit()
+    states = [t.state for t in tuner.study.get_trials()]
+    assert states == [TrialState.FAIL, TrialState.FAIL, TrialState.COMPLETE, TrialState.FAIL]
 
 
 def test_import_data_adds_each_record_once():

@@ -12,9 +12,9 @@ import shutil
 
 import pytest
 
-from conftest import REPO, run_experiment
+from pathlib import Path
 
-from test_nni_integration import _shipped_config, _tiny
+from conftest import REPO
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (apt-get install chromium)")
@@ -26,9 +26,9 @@ def _value(metric: dict):
     return json.loads(data) if isinstance(data, str) else data
 
 
-def test_web_ui_shows_trials_and_results(tmp_path):
-    browse = tmp_path / "browse"
-    report = run_experiment(tmp_path, _tiny(_shipped_config(), trials=2), timeout=300, browse_dir=browse)
+def test_web_ui_shows_trials_and_results(darts_experiment):
+    report = darts_experiment  # the shrunk darts.yml experiment, browsed before it was stopped
+    browse = Path(report["browse_dir"])
     assert report["status"] == "DONE", report
     artifacts = REPO / "test-artifacts" / "webui"
     artifacts.mkdir(parents=True, exist_ok=True)
@@ -43,7 +43,7 @@ def test_web_ui_shows_trials_and_results(tmp_path):
 
     detail = (browse / "detail.html").read_text()
     finals = {m["trialJobId"]: _value(m) for m in report["metrics"] if m["type"] == "FINAL"}
-    assert len(finals) == 2
+    assert len(finals) == len(report["trials"]) == 4
     for trial in report["trials"]:
         assert trial["trialJobId"] in detail  # every trial is listed
         assert f"{finals[trial['trialJobId']]['default']:.6f} (FINAL)" in detail  # with its final result

@@ -167,14 +167,6 @@ class OptunaTuner(Tuner):
     def generate_parameters(self, parameter_id: int, **kwargs: Any) -> dict[str, Any]:
         if self._params is None:
             raise RuntimeError("the search space has not been set (update_search_space)")
-        with LINK.lock:
-            # NNI asks for a new trial after the end of an old one and its final result (same queue, in
-            # order): one that ended "successfully" without a result by now never reported one.
-            for pid in sorted(self._ended_without_result):
-                if pid in self._trials:
-                    _logger.warning("trial %s succeeded without a final result: told to Optuna as FAIL", pid)
-                    self._finish(pid, TrialState.FAIL)
-            self._ended_without_result.clear()
         trial = self.study.ask()
         params = suggest(trial, self._params)
         trial.set_user_attr("nni_params", json.dumps(params, sort_keys=True))
@@ -233,7 +225,9 @@ class OptunaTuner(Tuner):
                 _logger.info("trial %s pruned at step %d: told to Optuna as PRUNED", parameter_id,
                              LINK.pruned.pop(parameter_id))
             elif success:
-                # NNI reports the end and the final result through two queues; the result may still come.
+                # NNI can deliver a final result after the trial's end, even after asking for the next
+                # trial (seen with 2 trials at a time): the trial stays open until its result comes or
+                # the experiment ends.
                 self._ended_without_result.add(parameter_id)
             else:
                 self._finish(parameter_id, TrialState.FAIL)
@@ -281,6 +275,7 @@ class OptunaTuner(Tuner):
                 self._finish(pid, TrialState.COMPLETE, self._results.pop(pid))
             for pid in sorted(self._ended_without_result):
                 if pid in self._trials:
+                    _logger.warning("trial %s succeeded without a final result: told to Optuna as FAIL", pid)
                     self._finish(pid, TrialState.FAIL)
             self._ended_without_result.clear()
             # The experiment is over (or stopped): parameters NNI asked for but never ran, or trials
