@@ -299,10 +299,6 @@ class OptunaTuner(Tuner):
             out.append(float(v))
         return out
 
-    def _scalar(self, value: Any) -> float | None:
-        values = self._values(value)
-        return values[0] if values is not None else None
-
     def _finish(self, parameter_id: int, state: TrialState, values: list[float] | None = None) -> None:
         trial = self._trials.pop(parameter_id)
         self.study.tell(trial, values if state == TrialState.COMPLETE else None, state=state)
