@@ -7,6 +7,8 @@ dataset paths and latency tables.
 """
 from __future__ import annotations
 
+import logging
+
 import shlex
 from pathlib import Path
 from typing import Any
@@ -162,6 +164,15 @@ def check_experiment(path: str | Path) -> list[str]:
         return [f"malformed YAML{where}: {getattr(exc, 'problem', None) or exc}"]
     if not isinstance(doc, dict):
         return ["the experiment config must be a YAML mapping of NNI fields"]
+    if isinstance(doc.get("experiment"), dict) and "trialCommand" not in doc:
+        # a pipeline config (nni-visplugin pipeline): its `pipeline` section and its experiment
+        from nni_visplugin.pipeline import PipelineConfig
+
+        try:
+            PipelineConfig.load(path)
+        except ConfigError as exc:
+            return [str(exc)]
+        doc = doc["experiment"]
 
     problems: list[str] = []
     problems += _check_tuner(doc.get("tuner"))
@@ -192,7 +203,15 @@ def check_experiment(path: str | Path) -> list[str]:
             return problems + [f"searchSpaceFile: cannot read {space_file}: {exc}"]
     if space is None:
         return problems + ["searchSpace: missing; give the hyperparameters to tune in NNI's format"]
-    tuner = OptunaTuner(sampler="random", seed=0)
+    quiet = [logging.getLogger(name) for name in ("nni_visplugin.tuners", "optuna")]
+    levels = [lg.level for lg in quiet]
+    for lg in quiet:  # a throw-away tuner that only checks the space: its start-up lines would mislead
+        lg.setLevel(logging.WARNING)
+    try:
+        tuner = OptunaTuner(sampler="random", seed=0)
+    finally:
+        for lg, level in zip(quiet, levels):
+            lg.setLevel(level)
     try:
         tuner.update_search_space(space)
     except SearchSpaceError as exc:

@@ -137,8 +137,12 @@ def run_experiment(cfg: PipelineConfig) -> dict[str, Any]:
     if problems:
         raise ConfigError("the experiment does not pass nni-visplugin check:\n  " + "\n  ".join(problems))
     started = time.time()
+    # The trials' `python` must be this interpreter (the one with nni_visplugin installed), also
+    # when its environment was not activated.
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     created = subprocess.run([_nnictl(), "create", "--config", str(exp_path), "--port", str(cfg.port)],
-                             capture_output=True, text=True, timeout=300)
+                             capture_output=True, text=True, timeout=300, env=env)
     output = created.stdout + created.stderr
     match = re.search(r"nnictl stop (\w+)", output) or re.search(r"Experiment ID: ?\S*?(\w{8})", output)
     if created.returncode != 0 or not match:

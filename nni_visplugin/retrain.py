@@ -313,6 +313,7 @@ def retrain(config: RetrainConfig, out_dir: str | os.PathLike, *,
 
     # The one and only read of the test split.
     test_accuracy = evaluate(model, TensorLoader(*splits.test, batch_size=256), device)
+    model.to(memory_format=torch.contiguous_format)  # saved, measured and exported in the default layout
 
     from nni_visplugin.latency import measure_model
 

@@ -159,7 +159,7 @@ def run_search(config: SearchConfig, out_dir: str | os.PathLike, *,
     train_from_scratch(model, TensorLoader(x, y, config.batch_size, shuffle=True, seed=config.seed + 2),
                        config.final_epochs, lr=config.final_lr, device=device)
     val_accuracy = evaluate(model, val, device)
-    torch.save(model.state_dict(), out / "model.pt")
+    torch.save(model.to(memory_format=torch.contiguous_format).state_dict(), out / "model.pt")
     latency = _latency_report(outcome, config.space, search_kwargs, splits, device)
 
     result = {

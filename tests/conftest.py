@@ -60,14 +60,19 @@ def run_experiment(tmp_path: Path, config: dict, timeout: float = 400, browse_di
     return json.loads(out.read_text())
 
 
-def run_in_netns(cmd: list[str], tmp_path: Path, timeout: float, env: dict[str, str] | None = None
-                 ) -> subprocess.CompletedProcess:
+def run_in_netns(cmd: list[str], tmp_path: Path, timeout: float, env: dict[str, str] | None = None,
+                 interpreter_on_path: bool = True) -> subprocess.CompletedProcess:
     """Run ``cmd`` (which starts NNI managers) with HOME under ``tmp_path`` and, where the machine
-    allows it, in a private network namespace whose only interface is loopback."""
+    allows it, in a private network namespace whose only interface is loopback. With
+    ``interpreter_on_path=False`` the test interpreter's directory is taken off PATH, as for a user
+    who did not activate the virtual environment."""
     home = tmp_path / "home"
     home.mkdir(exist_ok=True)
-    env = {**os.environ, **(env or {}), "HOME": str(home),
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    bin_dir = str(Path(sys.executable).parent)
+    path = [p for p in os.environ["PATH"].split(os.pathsep) if p != bin_dir]
+    if interpreter_on_path:
+        path.insert(0, bin_dir)
+    env = {**os.environ, **(env or {}), "HOME": str(home), "PATH": os.pathsep.join(path)}
     if _netns_available():
         cmd = ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", *cmd]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)

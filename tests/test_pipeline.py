@@ -40,7 +40,9 @@ def test_pipeline_end_to_end_and_resume(tmp_path):
     config = _tiny_pipeline(tmp_path)
     cmd = [sys.executable, "-m", "nni_visplugin.cli", "pipeline", "--config", str(config), "--port", str(free_port())]
     try:
-        first = run_in_netns(cmd, tmp_path, timeout=900)
+        # Without the interpreter's directory on PATH, as for a user who did not activate the
+        # environment: the trials' `python` must still be the one that has nni_visplugin.
+        first = run_in_netns(cmd, tmp_path, timeout=900, interpreter_on_path=False)
     finally:
         _kill_leftovers(tmp_path / "run" / "nni", None)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
@@ -106,3 +108,20 @@ def test_shipped_pipeline_config_is_valid(tmp_path):
     exp = tmp_path / "experiment.yml"
     exp.write_text(yaml.safe_dump(cfg.experiment))
     assert check_experiment(exp) == []
+
+
+def test_check_reads_pipeline_configs(tmp_path):
+    """`nni-visplugin check` takes a pipeline config as it is: its pipeline section and its experiment."""
+    from nni_visplugin.check import check_experiment
+
+    assert check_experiment(REPO / "experiments" / "fashion_mnist.yml") == []
+    doc = yaml.safe_load((REPO / "experiments" / "fashion_mnist.yml").read_text())
+    doc["pipeline"]["retrain"]["epoch"] = 3
+    bad = tmp_path / "bad.yml"
+    bad.write_text(yaml.safe_dump(doc))
+    assert any("unknown pipeline.retrain key(s) epoch" in p for p in check_experiment(bad))
+    doc["pipeline"]["retrain"].pop("epoch")
+    doc["experiment"]["trialCommand"] += " --set space.widht=8"
+    bad.write_text(yaml.safe_dump(doc))
+    problems = check_experiment(bad)
+    assert problems and any("widht" in p for p in problems)

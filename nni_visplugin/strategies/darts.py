@@ -33,7 +33,7 @@ from nni_visplugin.registry import register_strategy
 from nni_visplugin.supernet import (alpha_entropy, alpha_snapshot, arch_parameters, count_skips, derive_architecture,
                                     enable_edge_normalization, enable_partial_channels, mixed_input_hook,
                                     mixed_op_hook, op_alphas, reject_unsupported_hook, set_aux_skip)
-from nni_visplugin.training import check_finite, evaluate
+from nni_visplugin.training import check_finite, evaluate, memory_format, to_layout
 
 __all__ = ["OneShotConfig", "DartsConfig", "DartsStrategy", "SearchOutcome", "unrolled_arch_gradient"]
 
@@ -273,7 +273,7 @@ class DartsStrategy(OneShotStrategy):
         then already holds the earlier epochs).
         """
         cfg = self.config
-        supernet = self.build_supernet(model_space).to(device)
+        supernet = self.build_supernet(model_space).to(device, memory_format=memory_format(device))
         self._prepare(model_space, supernet, device)
         names, weights, alphas = _split_params(supernet)
         if not alphas:
@@ -320,7 +320,7 @@ class DartsStrategy(OneShotStrategy):
             update_arch = epoch >= cfg.warmup_epochs
             loss_sum, n_seen, steps = 0.0, 0, 0
             for step, ((xw, yw), (xa, ya)) in enumerate(zip(train_w, train_a)):
-                xw, yw, xa, ya = xw.to(device), yw.to(device), xa.to(device), ya.to(device)
+                xw, yw, xa, ya = to_layout(xw, device), yw.to(device), to_layout(xa, device), ya.to(device)
                 where = f"epoch {epoch} step {step}"
                 if update_arch:
                     self._arch_step(supernet, criterion, names, weights, alphas, w_opt, a_opt,

@@ -1,0 +1,162 @@
+"""The standard NAS baselines for the Fashion-MNIST pipeline: random architectures and a hand design.
+
+Every baseline is retrained with exactly the pipeline's recipe (``pipeline.retrain`` of the config:
+epochs, width, cells, batch size, learning rate, warm-up, augmentation) and tested once on the test
+split, like the searched architecture. The architectures are points of the same space, with the
+same search-time settings (taken from the ``result.json`` of the search the pipeline picked), so
+only the cell differs:
+
+- ``random-K``: every label of the space drawn uniformly at random with
+  ``numpy.random.RandomState(K)``: the operation of each edge (any but ``none``, which the
+  derivation never keeps either) and the two inputs of each node;
+- ``hand``: a cell written by hand in the spirit of MobileNet-style designs: in the normal cell each
+  node applies a 3x3 separable convolution to the two most recent states (a chain with a shortcut);
+  in the reduction cell each node max-pools one cell input and applies a 3x3 separable convolution
+  to the other.
+
+Usage (after the pipeline, which wrote runs/fashion_mnist/search.json)::
+
+    python benchmarks/fashion_mnist_baselines.py --config experiments/fashion_mnist.yml \\
+        --random 5 --jobs 2 --out runs/fashion_mnist_baselines
+
+Writes ``OUT/<name>/metrics.json`` per model and ``OUT/baselines.json``: rows for the pipeline's
+comparison table (``pipeline.baselines`` in the config points at it). Finished models are kept and
+not retrained when the command runs again. ``--jobs 2`` retrains two models at once with one CPU
+thread each (the recipe's ``threads`` is overridden and recorded in each metrics.json).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import yaml
+
+
+def random_arch(space: str, kwargs: dict, seed: int) -> dict:
+    """Uniform over the space, except ``none``: the derivation never keeps a zero operation, so
+    neither does a fair random baseline."""
+    import numpy as np
+
+    from nni_visplugin.registry import SPACES
+
+    import nni_visplugin.spaces  # noqa: F401  (registers the spaces)
+
+    rng = np.random.RandomState(seed)
+    arch: dict = {}
+    for label, mutable in SPACES.create(space, **kwargs).simplify().items():
+        values = list(mutable.values)
+        n_chosen = getattr(mutable, "n_chosen", None)
+        if n_chosen is None:  # one operation
+            values = [v for v in values if v != "none"] or values
+            arch[label] = values[rng.randint(len(values))]
+        else:  # n_chosen distinct inputs
+            arch[label] = sorted(int(values[i]) for i in rng.choice(len(values), n_chosen, replace=False))
+    return arch
+
+
+def hand_arch(space: str, kwargs: dict) -> dict:
+    from nni_visplugin.registry import SPACES
+
+    import nni_visplugin.spaces  # noqa: F401
+
+    labels = SPACES.create(space, **kwargs).simplify()
+    arch: dict = {}
+    for label in labels:
+        cell, name = label.split("/")
+        if name.startswith("input_"):
+            node = int(name.split("_")[1])
+            # normal: the two most recent states (chain with a shortcut); reduction: the two cell inputs
+            arch[label] = [node, node + 1] if cell == "normal" else [0, 1]
+        else:  # op_<node>_<input>
+            _, node, src = name.split("_")
+            arch[label] = "max_pool_3x3" if cell == "reduce" and src == "0" else "sep_conv_3x3"
+    return arch
+
+
+def _retrain(job: tuple[str, dict, str]) -> dict:
+    arch_dir, recipe, out = job
+    import torch
+
+    from nni_visplugin.retrain import RetrainConfig, retrain
+
+    torch.set_num_threads(recipe.get("threads") or torch.get_num_threads())
+    return retrain(RetrainConfig(arch=arch_dir, progress=False, **recipe), out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--config", default="experiments/fashion_mnist.yml")
+    ap.add_argument("--search", help="search output directory whose result.json gives the space's settings "
+                                     "(default: the best trial of the pipeline's search.json)")
+    ap.add_argument("--random", type=int, default=5, help="number of random architectures")
+    ap.add_argument("--first-seed", type=int, default=0, help="sampler seed of the first random architecture")
+    ap.add_argument("--seed", type=int, default=0, help="retraining seed (the pipeline's first seed)")
+    ap.add_argument("--jobs", type=int, default=2, help="models retrained at once, one CPU thread each when > 1")
+    ap.add_argument("--out", default="runs/fashion_mnist_baselines")
+    args = ap.parse_args(argv)
+
+    doc = yaml.safe_load(Path(args.config).read_text())
+    pipe = doc.get("pipeline") or {}
+    recipe = dict(pipe.get("retrain") or {})
+    recipe.pop("seeds", None)
+    recipe["seed"] = args.seed
+    if args.jobs > 1:
+        recipe["threads"] = 1
+    search_dir = Path(args.search) if args.search else None
+    if search_dir is None:
+        found = Path(pipe.get("out", "runs/fashion_mnist")) / "search.json"
+        if not found.exists():
+            sys.exit(f"{found} not found: run the pipeline first or pass --search DIR")
+        search_dir = Path(json.loads(found.read_text())["best"]["dir"])
+    result = json.loads((search_dir / "result.json").read_text())
+    space = result["space"]
+    kwargs = result.get("search_space_kwargs") or result["space_kwargs"]
+
+    out = Path(args.out)
+    models = {f"random-{k}": random_arch(space, kwargs, k) for k in range(args.first_seed, args.first_seed + args.random)}
+    models["hand"] = hand_arch(space, kwargs)
+    jobs, names = [], []
+    for name, arch in models.items():
+        d = out / name
+        if (d / "metrics.json").exists():
+            print(f"{name}: done before", flush=True)
+            continue
+        src = d / "arch"
+        src.mkdir(parents=True, exist_ok=True)
+        (src / "arch.json").write_text(json.dumps(arch, indent=1))
+        (src / "result.json").write_text(json.dumps({**result, "arch_origin": name}, indent=1))
+        jobs.append((str(src), recipe, str(d)))
+        names.append(name)
+    started = time.time()
+    with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        for name, metrics in zip(names, pool.map(_retrain, jobs)):
+            print(f"{name}: test accuracy {metrics['test_accuracy']:.4f}, {metrics['num_params']} parameters, "
+                  f"{metrics['wall_seconds']:.0f} s", flush=True)
+    print(f"retrained {len(jobs)} model(s) in {time.time() - started:.0f} s", flush=True)
+
+    rows, randoms = [], []
+    for name in models:
+        m = json.loads((out / name / "metrics.json").read_text())
+        if name.startswith("random"):
+            randoms.append(m["test_accuracy"])
+        label = "hand-designed cell (3x3 separable convolutions)" if name == "hand" else f"random architecture {name}"
+        rows.append({"model": label, "test_accuracy": m["test_accuracy"], "params": m["num_params"],
+                     "note": f"same recipe, seed {m['seed']}, {m['threads']} thread(s), {m['wall_seconds']:.0f} s"})
+    if randoms:
+        spread = statistics.stdev(randoms) if len(randoms) > 1 else 0.0
+        rows.insert(0, {"model": f"random architectures (mean of {len(randoms)})",
+                        "test_accuracy": statistics.mean(randoms), "params": None,
+                        "note": f"std {spread:.4f}, min {min(randoms):.4f}, max {max(randoms):.4f}"})
+    (out / "baselines.json").write_text(json.dumps(rows, indent=1))
+    for row in rows:
+        print(f"{row['model']:<50} {row['test_accuracy']:.4f}  {row['note']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

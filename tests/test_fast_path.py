@@ -1,0 +1,107 @@
+"""The fast paths compute what the straightforward code computes.
+
+Channels-last layout (the CPU default, NNI_VISPLUGIN_CHANNELS_LAST=0 turns it off) only reorders
+sums: the supernet's loss and its alpha gradients, a whole search and a retraining must agree with
+the contiguous reference up to rounding. And the strided stem of darts_cell (a space option, not a
+fast path) must change the resolution the cells see and nothing else.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nni_visplugin import create_space
+from nni_visplugin.data import TensorLoader
+from nni_visplugin.strategies.darts import DartsStrategy, _split_params
+from nni_visplugin.supernet import arch_parameters
+from nni_visplugin.training import memory_format, to_layout, train_from_scratch
+
+from spaces_helpers import tiny_space  # noqa: E402
+
+
+def _data(n=24, side=8, seed=0, channels=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, channels, side, side, generator=g), torch.randint(0, 3, (n,), generator=g)
+
+
+def _loss_and_alpha_grads(fmt: torch.memory_format, **settings):
+    torch.manual_seed(0)
+    supernet = DartsStrategy(epochs=1, **settings).build_supernet(tiny_space("darts_cell")).double()
+    with torch.no_grad():
+        for a in arch_parameters(supernet).values():
+            a.copy_(torch.randn(a.shape, dtype=torch.float64))
+    supernet.to(memory_format=fmt).train()
+    x, y = _data()
+    x = x.double().contiguous(memory_format=fmt)
+    _, _, alphas = _split_params(supernet)
+    loss = F.cross_entropy(supernet(x), y)
+    return loss.detach(), [g.detach() for g in torch.autograd.grad(loss, alphas)]
+
+
+@pytest.mark.parametrize("settings", [{}, {"partial_channels": 2, "edge_norm": True}])
+def test_channels_last_supernet_gives_the_reference_loss_and_alpha_gradients(settings):
+    ref_loss, ref_grads = _loss_and_alpha_grads(torch.contiguous_format, **settings)
+    loss, grads = _loss_and_alpha_grads(torch.channels_last, **settings)
+    assert torch.allclose(loss, ref_loss, rtol=0, atol=1e-12)
+    assert len(grads) == len(ref_grads) > 0
+    for g, r in zip(grads, ref_grads):
+        assert torch.allclose(g, r, rtol=1e-9, atol=1e-12)
+        assert r.abs().sum() > 0  # gradients that could differ
+
+
+def _search(monkeypatch, channels_last: bool):
+    monkeypatch.setenv("NNI_VISPLUGIN_CHANNELS_LAST", "1" if channels_last else "0")
+    assert memory_format("cpu") == (torch.channels_last if channels_last else torch.contiguous_format)
+    torch.manual_seed(0)
+    x, y = _data(48)
+    strategy = DartsStrategy(epochs=2, arch_lr=0.05)
+    return strategy.search(tiny_space("darts_cell"), TensorLoader(x[:24], y[:24], 12, shuffle=True, seed=0),
+                           TensorLoader(x[24:], y[24:], 12, shuffle=True, seed=1))
+
+
+def test_a_search_is_the_same_in_either_layout(monkeypatch):
+    fast, ref = _search(monkeypatch, True), _search(monkeypatch, False)
+    assert fast.arch == ref.arch
+    for f, r in zip(fast.history, ref.history):
+        assert f["train_loss"] == pytest.approx(r["train_loss"], rel=1e-4)
+        for label, snap in r["alphas"].items():
+            assert f["alphas"][label]["alpha"] == pytest.approx(snap["alpha"], abs=1e-4)
+    # the alphas moved, so the comparison is not between two untouched initialisations
+    last = ref.history[-1]["alphas"]
+    assert any(abs(a) > 1e-3 for snap in last.values() for a in snap["alpha"])
+
+
+def test_training_runs_channels_last_and_matches_the_reference(monkeypatch):
+    losses = {}
+    for flag in ("1", "0"):
+        monkeypatch.setenv("NNI_VISPLUGIN_CHANNELS_LAST", flag)
+        torch.manual_seed(0)
+        model = create_space("darts_cell", width=4, num_cells=2, in_channels=3, image_size=8, num_classes=3)
+        x, y = _data(channels=3)
+        losses[flag] = train_from_scratch(model, TensorLoader(x, y, 8, shuffle=True, seed=0), 2)
+        conv = model.stem[0]  # 3 input channels, 3x3 kernel: the two layouts differ
+        assert conv.weight.is_contiguous(memory_format=torch.channels_last) == (flag == "1")
+    assert losses["1"] == pytest.approx(losses["0"], rel=1e-4)
+
+
+def test_to_layout_leaves_non_image_tensors_alone(monkeypatch):
+    monkeypatch.setenv("NNI_VISPLUGIN_CHANNELS_LAST", "1")
+    assert to_layout(torch.randn(4, 3, 5, 5), "cpu").is_contiguous(memory_format=torch.channels_last)
+    y = torch.arange(4)
+    assert to_layout(y, "cpu").data_ptr() == y.data_ptr()
+
+
+def test_strided_stem_quarters_the_cells_pixels_and_keeps_the_weights():
+    kwargs = dict(width=4, num_cells=3, in_channels=1, image_size=28, num_classes=10)
+    plain = create_space("darts_cell", **kwargs)
+    strided = create_space("darts_cell", stem_stride=2, **kwargs)
+    assert sum(p.numel() for p in plain.parameters()) == sum(p.numel() for p in strided.parameters())
+    seen = {}
+    for name, model in (("plain", plain), ("strided", strided)):
+        hook = model.cells[0].register_forward_pre_hook(lambda m, args, name=name: seen.__setitem__(name, args[1].shape))
+        assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+        hook.remove()
+    assert seen["plain"][-2:] == (28, 28) and seen["strided"][-2:] == (14, 14)
+    with pytest.raises(ValueError, match="stem_stride must be 1 or 2"):
+        create_space("darts_cell", stem_stride=3, **kwargs)
