@@ -6,6 +6,9 @@ Pairs compared (``--algos``):
   only), both on the plugin's ``darts_cell`` space;
 - ``pcdarts``: the plugin's ``darts`` with ``partial_channels=4, edge_norm=true`` (PC-DARTS), its
   own row, compared with the same NNI DARTS run;
+- ``darts-lean`` / ``pcdarts-lean``: the same with ``checkpoint_edges=true`` (each edge recomputes
+  its candidates in the backward pass instead of keeping their activations), against the same NNI
+  DARTS run;
 - ``proxyless-cell`` / ``proxyless-mobile``: the plugin's ``proxyless`` against
   ``nni.nas.strategy.Proxyless`` on ``darts_cell`` / ``proxyless_mobile``.
 
@@ -54,11 +57,16 @@ RESULT_TAG = "NNI_COMPARE_RESULT "
 ALGOS = {
     "darts": {"space": "darts_cell", "plugin": ("darts", {}), "nni": "DARTS"},
     "pcdarts": {"space": "darts_cell", "plugin": ("darts", {"partial_channels": 4, "edge_norm": True}), "nni": "DARTS"},
+    "darts-lean": {"space": "darts_cell", "plugin": ("darts", {"checkpoint_edges": True}), "nni": "DARTS"},
+    "pcdarts-lean": {"space": "darts_cell",
+                     "plugin": ("darts", {"partial_channels": 4, "edge_norm": True, "checkpoint_edges": True}),
+                     "nni": "DARTS"},
     "proxyless-cell": {"space": "darts_cell", "plugin": ("proxyless", {}), "nni": "Proxyless"},
     "proxyless-mobile": {"space": "proxyless_mobile", "plugin": ("proxyless", {}), "nni": "Proxyless"},
 }
 # PC-DARTS is compared with the NNI DARTS run of its repeat: NNI has no partial channels.
-NNI_RUN_OF = {"darts": "darts", "pcdarts": "darts", "proxyless-cell": "proxyless-cell",
+NNI_RUN_OF = {"darts": "darts", "pcdarts": "darts", "darts-lean": "darts", "pcdarts-lean": "darts",
+              "proxyless-cell": "proxyless-cell",
               "proxyless-mobile": "proxyless-mobile"}
 
 PRESETS = {

@@ -117,14 +117,9 @@ def _trial_results(experiment: str, root: Path) -> tuple[Path, list[dict[str, An
     if not exp_dir.is_dir():
         raise FileNotFoundError(f"no experiment directory for {experiment!r} (looked in {exp_dir}); "
                                 "pass the experiment id with --root, or the experiment directory itself")
-    rows = []
-    for result_file in sorted(exp_dir.glob("**/trials/*/result.json")):
-        try:
-            result = json.loads(result_file.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        rows.append({"trial": result_file.parent.name, "dir": str(result_file.parent), **result})
-    return exp_dir, rows
+    from nni_visplugin.pipeline import collect_trials
+
+    return exp_dir, collect_trials(exp_dir)
 
 
 def _cmd_best(args: argparse.Namespace) -> int:

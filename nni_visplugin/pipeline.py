@@ -132,7 +132,8 @@ def run_experiment(cfg: PipelineConfig) -> dict[str, Any]:
 
     cfg.out.mkdir(parents=True, exist_ok=True)
     exp_path = cfg.out / "experiment.yml"
-    exp_path.write_text(yaml.safe_dump(_nni_config(cfg), sort_keys=False))
+    nni_config = _nni_config(cfg)
+    exp_path.write_text(yaml.safe_dump(nni_config, sort_keys=False))
     problems = check_experiment(exp_path)
     if problems:
         raise ConfigError("the experiment does not pass nni-visplugin check:\n  " + "\n  ".join(problems))
@@ -172,22 +173,28 @@ def run_experiment(cfg: PipelineConfig) -> dict[str, Any]:
         subprocess.run([_nnictl(), "stop", exp_id], capture_output=True, text=True, timeout=120)
     if status.get("status") == "ERROR":
         raise RuntimeError(f"the experiment ended with ERROR: {status.get('errors')}; see nnictl log stderr {exp_id}")
-    work = Path(_nni_config(cfg)["experimentWorkingDirectory"])
+    work = Path(nni_config["experimentWorkingDirectory"])
     return {"experiment_id": exp_id, "experiment_dir": str(work / exp_id), "status": status.get("status"),
             "search_wall_seconds": round(time.time() - started, 1)}
 
 
 def collect_trials(exp_dir: Path) -> list[dict[str, Any]]:
+    """Every finished trial of an experiment directory: its ``result.json`` plus ``trial``, ``dir``
+    and the tuned parameters it ran with (``tuned``, from its ``parameters.json``). NNI keeps local
+    trials under ``<experiment dir>/environments/<env>/trials/<trial id>/``; trials without a
+    readable result are left out."""
     rows = []
-    for result_file in sorted(exp_dir.glob("**/trials/*/result.json")):
+    for result_file in sorted(Path(exp_dir).glob("**/trials/*/result.json")):
         try:
             result = json.loads(result_file.read_text())
-            tuned = json.loads(result_file.with_name("parameters.json").read_text()).get("parameters", {})
         except (OSError, json.JSONDecodeError):
             continue
-        rows.append({"trial": result_file.parent.name, "dir": str(result_file.parent),
-                     "val_accuracy": result["val_accuracy"], "num_params": result["num_params"], "tuned": tuned,
-                     "tuned_text": json.dumps(tuned, sort_keys=True), "search_seconds": result.get("search_seconds")})
+        try:
+            tuned = json.loads(result_file.with_name("parameters.json").read_text()).get("parameters", {})
+        except (OSError, json.JSONDecodeError):
+            tuned = result.get("hyperparameters", {})
+        rows.append({**result, "trial": result_file.parent.name, "dir": str(result_file.parent), "tuned": tuned,
+                     "tuned_text": json.dumps(tuned, sort_keys=True)})
     return rows
 
 

@@ -8,17 +8,20 @@ architecture is consistent wherever the label appears. Anything else mutable is 
 """
 from __future__ import annotations
 
+import contextlib
+
 import math
 from typing import Any
 
 import torch
 import torch.nn as nn
+import torch.utils.checkpoint
 import torch.nn.functional as F
 from nni.nas.nn.pytorch import InputChoice, LayerChoice
 
 __all__ = ["reject_unsupported_hook", "ChoiceModule", "choice_modules", "MixedOp", "MixedInput", "mixed_op_hook",
            "mixed_input_hook", "arch_parameters", "derive_architecture", "alpha_snapshot", "is_zero_op",
-           "channel_shuffle", "enable_partial_channels", "enable_edge_normalization", "set_aux_skip", "op_alphas",
+           "channel_shuffle", "enable_partial_channels", "enable_edge_normalization", "enable_checkpointing", "set_aux_skip", "op_alphas",
            "alpha_entropy", "count_skips"]
 
 
@@ -58,6 +61,10 @@ class MixedOp(ChoiceModule):
     - ``aux_skip`` = beta > 0 (DARTS-, Chu et al., ICLR 2021): ``beta * x`` is added to a
       shape-preserving edge, so skip connections no longer need alpha to carry the gradient; the
       strategy decays beta to 0 over the search.
+    - ``checkpoint`` = True (memory-lean): the candidates' intermediate activations are not kept
+      for the backward pass but recomputed in it (activation checkpointing), so an edge holds only
+      its input and output. The same values and gradients; batch-norm running statistics are
+      updated once per forward, not again by the recomputation. Set by :func:`enable_checkpointing`.
     """
 
     def __init__(self, label: str, names: list, candidates: list[nn.Module], alpha: nn.Parameter):
@@ -73,6 +80,7 @@ class MixedOp(ChoiceModule):
             raise ValueError(f"LayerChoice {label!r} has only zero candidates")
         self.partial = 1
         self.aux_skip = 0.0
+        self.checkpoint = False
 
     def make_partial(self, k: int, channels: int) -> None:
         """Rebuild the candidates at ``channels // k`` channels (they must offer ``at_width``)."""
@@ -90,16 +98,27 @@ class MixedOp(ChoiceModule):
     def weights(self) -> torch.Tensor:
         return F.softmax(self.alpha, dim=-1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.weights()
-        k = self.partial
-        part = x[:, : x.shape[1] // k] if k > 1 else x
+    def _mix(self, part: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         out = None
         for i, op in enumerate(self.candidates):
             if self.zero[i]:
                 continue
             y = op(part) * w[i]
             out = y if out is None else out + y
+        return out
+
+    def _recompute_contexts(self):
+        return contextlib.nullcontext(), _frozen_batch_norm_stats(self.candidates)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weights()
+        k = self.partial
+        part = x[:, : x.shape[1] // k] if k > 1 else x
+        if self.checkpoint and self.training and torch.is_grad_enabled():
+            out = torch.utils.checkpoint.checkpoint(self._mix, part, w, use_reentrant=False,
+                                                    context_fn=self._recompute_contexts)
+        else:
+            out = self._mix(part, w)
         if k > 1:
             rest = x[:, x.shape[1] // k:]
             if rest.shape[2:] != out.shape[2:]:  # a reduction edge: the bypass halves its resolution too
@@ -268,6 +287,30 @@ def enable_edge_normalization(supernet: nn.Module) -> None:
     for m in supernet.modules():
         if isinstance(m, MixedInput) and m.edge_labels:
             m.alpha = shared.setdefault(m.label, _new_alpha(m.n_candidates))
+
+
+@contextlib.contextmanager
+def _frozen_batch_norm_stats(module: nn.Module):
+    """Batch norm inside ``module`` normalises with the batch statistics as in training but leaves
+    its running statistics (and its batch counter) as they are: for a checkpoint's recomputation."""
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    saved = [(m.momentum, m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None) for m in norms]
+    for m in norms:
+        m.momentum = 0.0  # running = (1 - 0) * running + 0 * batch
+    try:
+        yield
+    finally:
+        for m, (momentum, count) in zip(norms, saved):
+            m.momentum = momentum
+            if count is not None:
+                m.num_batches_tracked.copy_(count)
+
+
+def enable_checkpointing(supernet: nn.Module) -> None:
+    """Memory-lean supernet: every mixed operation recomputes its candidates in the backward pass."""
+    for m in supernet.modules():
+        if isinstance(m, MixedOp):
+            m.checkpoint = True
 
 
 def set_aux_skip(supernet: nn.Module, beta: float) -> None:

@@ -105,3 +105,43 @@ def test_strided_stem_quarters_the_cells_pixels_and_keeps_the_weights():
     assert seen["plain"][-2:] == (28, 28) and seen["strided"][-2:] == (14, 14)
     with pytest.raises(ValueError, match="stem_stride must be 1 or 2"):
         create_space("darts_cell", stem_stride=3, **kwargs)
+
+
+def _step(checkpoint_edges: bool, **settings):
+    """One training-mode forward and backward of a float64 supernet: loss, alpha and weight
+    gradients, and the batch-norm running statistics afterwards."""
+    torch.manual_seed(0)
+    strategy = DartsStrategy(epochs=1, checkpoint_edges=checkpoint_edges, **settings)
+    supernet = strategy.build_supernet(tiny_space("darts_cell")).double().train()
+    with torch.no_grad():
+        for a in arch_parameters(supernet).values():
+            a.copy_(torch.randn(a.shape, dtype=torch.float64))
+    x, y = _data()
+    _, weights, alphas = _split_params(supernet)
+    loss = F.cross_entropy(supernet(x.double()), y)
+    grads = torch.autograd.grad(loss, alphas + weights, allow_unused=True)
+    stats = {k: v.clone() for k, v in supernet.state_dict().items() if "running" in k or "num_batches" in k}
+    return loss.detach(), grads, stats, supernet
+
+
+@pytest.mark.parametrize("settings", [{}, {"partial_channels": 2, "edge_norm": True}])
+def test_checkpointed_edges_give_the_same_loss_gradients_and_running_stats(settings):
+    ref_loss, ref_grads, ref_stats, _ = _step(False, **settings)
+    loss, grads, stats, supernet = _step(True, **settings)
+    from nni_visplugin.supernet import MixedOp
+
+    assert all(m.checkpoint for m in supernet.modules() if isinstance(m, MixedOp))
+    assert torch.allclose(loss, ref_loss, rtol=0, atol=1e-12)
+    for g, r in zip(grads, ref_grads):
+        assert (g is None) == (r is None)
+        if r is not None:
+            assert torch.allclose(g, r, rtol=1e-9, atol=1e-12)
+    # the recomputation in the backward pass must not update the running statistics a second time
+    assert stats.keys() == ref_stats.keys() and len(stats) > 0
+    for k in stats:
+        assert torch.equal(stats[k], ref_stats[k]), k
+
+
+def test_checkpointed_edges_refuse_second_order():
+    with pytest.raises(ValueError, match="order=1 only"):
+        DartsStrategy(checkpoint_edges=True, order=2)

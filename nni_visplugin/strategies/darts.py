@@ -31,7 +31,7 @@ from nni.nas.space import RawFormatModelSpace
 from nni_visplugin.checkpoint import CheckpointError, SearchCheckpoints, rng_state, set_rng_state
 from nni_visplugin.registry import register_strategy
 from nni_visplugin.supernet import (alpha_entropy, alpha_snapshot, arch_parameters, count_skips, derive_architecture,
-                                    enable_edge_normalization, enable_partial_channels, mixed_input_hook,
+                                    enable_checkpointing, enable_edge_normalization, enable_partial_channels, mixed_input_hook,
                                     mixed_op_hook, op_alphas, reject_unsupported_hook, set_aux_skip)
 from nni_visplugin.training import check_finite, evaluate, memory_format, to_layout
 
@@ -115,9 +115,16 @@ class DartsConfig(OneShotConfig):
     # beta-DARTS (Ye et al., CVPR 2022): beta_reg * (epoch+1)/epochs times the mean over edges of
     # logsumexp(alpha) is added to the architecture loss.
     beta_reg: float = 0.0
+    # Memory-lean search: each edge recomputes its candidates in the backward pass instead of
+    # keeping their activations (same values and gradients; more compute). First order only: the
+    # second-order step evaluates the supernet at virtual weights, which a recomputation would miss.
+    checkpoint_edges: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.checkpoint_edges and self.order == 2:
+            raise ValueError("checkpoint_edges works with order=1 only (the second-order step evaluates the "
+                             "supernet at virtual weights, which a recomputation in the backward pass would not see)")
         if self.order not in (1, 2):
             raise ValueError(f"order must be 1 or 2, got {self.order}")
         if not self.hvp_eps > 0:
@@ -257,6 +264,8 @@ class DartsStrategy(OneShotStrategy):
             enable_partial_channels(supernet, self.config.partial_channels)
         if getattr(self.config, "edge_norm", False):
             enable_edge_normalization(supernet)
+        if getattr(self.config, "checkpoint_edges", False):
+            enable_checkpointing(supernet)
         return supernet
 
     # ----------------------------------------------------------------- the search
