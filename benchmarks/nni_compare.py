@@ -191,7 +191,25 @@ def _run_plugin(job: dict, space, data: dict) -> dict:
     return {"step_seconds": [b - a for a, b in zip(times, times[1:])], "build_s": probe["build_s"],
             "setup_s": times[0] - start, "losses": losses, "alpha_max_change": delta,
             "alpha_max_grad": probe["grad"][0] if "grad" in probe else None, "arch": outcome.arch,
-            "settings": kwargs}
+            "settings": kwargs, "_flops_of": (outcome.supernet, data["w"][0]) if name == "darts" else None}
+
+
+def _darts_step_flops(supernet, batch, device: str) -> int:
+    """Useful FLOPs of one DARTS step, the same for both sides: twice (architecture step, weight
+    step) a forward and a full backward of the relaxed network on one batch, as PyTorch's
+    FlopCounterMode counts them (2 per multiply-add of convolutions and matrix products). What NNI
+    computes on top (its `none` candidate, weight gradients in the architecture step) is not counted."""
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x, y = batch
+    counter = FlopCounterMode(display=False)
+    params = [p for p in supernet.parameters() if p.requires_grad]
+    with counter:
+        loss = F.cross_entropy(supernet(x.to(device)), y.to(device))
+        torch.autograd.grad(loss, params, allow_unused=True)
+    return 2 * int(counter.get_total_flops())
 
 
 def _run_nni(job: dict, space, data: dict) -> dict:
@@ -289,6 +307,10 @@ def worker(job: dict) -> dict:
                 "threads_after": torch.get_num_threads()})
     if job["device"].startswith("cuda"):
         out["cuda_peak"] = torch.cuda.max_memory_allocated()
+        out["gpu_name"] = torch.cuda.get_device_name()
+    flops_of = out.pop("_flops_of", None)
+    if flops_of is not None:  # counted after the memory peaks were read, so they owe nothing to it
+        out["step_flops"] = _darts_step_flops(*flops_of, job["device"])
     return out
 
 
@@ -381,7 +403,24 @@ def summarise(record: dict, warmup: int, batch: int) -> dict:
         out["vm_hwm_mib"] = record["vm_hwm"] / 2 ** 20
     if "cuda_peak" in record:
         out["cuda_peak_mib"] = record["cuda_peak"] / 2 ** 20
+    if record.get("step_flops"):
+        out["step_gflop"] = record["step_flops"] / 1e9
+        out["tflops"] = record["step_flops"] / step / 1e12
+    if record.get("gpu_name"):
+        out["gpu_name"] = record["gpu_name"]
     return out
+
+
+# Dense bf16 tensor-core peaks (TFLOP/s, from the vendors' data sheets), for the fraction printed.
+GPU_PEAK_TFLOPS = {"H200": 989.0, "H100 80GB HBM3": 989.0, "H100 SXM": 989.0, "H100 PCIe": 756.0, "H100 NVL": 835.0,
+                   "A100": 312.0, "L40S": 362.0, "L4": 121.0}
+
+
+def gpu_peak(name: str | None) -> float | None:
+    for key, peak in GPU_PEAK_TFLOPS.items():
+        if name and key in name:
+            return peak
+    return None
 
 
 def check_verdict(record: dict) -> list[str]:
@@ -419,6 +458,22 @@ def table(rows: list[dict], device: str) -> str:
         lines.append(f"| {r['algo']} | {r['space']} | {r['strategy']} | {r['build_s']:.2f} | {r['setup_s']:.2f} "
                      f"| {r['step_s']:.3f} | {r['images_per_s']:.1f} | {peak:.0f} | {r['search_mib']:.0f} "
                      f"| {fmt('images_per_s')} | {fmt('peak')} | {fmt('search_mib')} |")
+    # Achieved useful FLOP/s of the DARTS rows: the plugin's count of one step's work, over each side's time.
+    flops = {r["algo"]: r["step_gflop"] for r in rows if r.get("step_gflop") and "error" not in r}
+    if flops:
+        peak = gpu_peak(next((r.get("gpu_name") for r in rows if r.get("gpu_name")), None)) \
+            if device.startswith("cuda") else None
+        lines += ["", "| algorithm | strategy | GFLOP per step | achieved TFLOP/s" +
+                  (" | fraction of the bf16 peak |" if peak else " |"), "|---|---|---|---|" + ("---|" if peak else "")]
+        for r in rows:
+            if "error" in r:
+                continue
+            gflop = flops.get(r["algo"]) if r["side"] == "plugin" else flops.get("darts")
+            if gflop is None or r["side"] == "nni" and r["algo"] != "darts":
+                continue
+            achieved = gflop / 1e3 / r["step_s"]
+            lines.append(f"| {r['algo']} | {r['strategy']} | {gflop:.1f} | {achieved:.4f}" +
+                         (f" | {achieved / peak:.4%} |" if peak else " |"))
     return "\n".join(lines)
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -288,8 +289,10 @@ def retrain(config: RetrainConfig, out_dir: str | os.PathLike, *,
 
     from tqdm import tqdm
 
+    # Redirected to a file, the bar updates every 30 s instead of many times a second.
+    interactive = getattr(sys.stderr, "isatty", lambda: False)()
     bar = tqdm(total=config.epochs * len(loader), desc=f"retrain {space}", unit="batch",
-               disable=not config.progress, leave=False)
+               disable=not config.progress, leave=False, mininterval=0.1 if interactive else 30.0)
     curve: list[dict[str, Any]] = []
 
     def record(entry: dict[str, Any]) -> None:
