@@ -16,8 +16,8 @@ __all__ = ["evaluate", "train_from_scratch", "check_finite", "memory_format", "t
 _logger = logging.getLogger(__name__)
 
 # Channels-last (NHWC) tensors let oneDNN run the depthwise and 1x1 convolutions of the searched cells
-# about 1.8x faster on CPU (benchmarks/nni_compare.py, BENCHMARKS.md); the arithmetic is the same,
-# only the order of the sums changes. NNI_VISPLUGIN_CHANNELS_LAST=0 turns it off.
+# faster on CPU (a retraining epoch of a 5-cell darts_cell on Fashion-MNIST: 80 s -> 65 s on 2 threads);
+# the arithmetic is the same, only the order of the sums changes. NNI_VISPLUGIN_CHANNELS_LAST=0 turns it off.
 _CHANNELS_LAST_ENV = "NNI_VISPLUGIN_CHANNELS_LAST"
 
 
