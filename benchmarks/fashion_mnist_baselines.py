@@ -73,7 +73,7 @@ def hand_arch(space: str, kwargs: dict) -> dict:
             # normal: the two most recent states (chain with a shortcut); reduction: the two cell inputs
             arch[label] = [node, node + 1] if cell == "normal" else [0, 1]
         else:  # op_<node>_<input>
-            _, node, src = name.split("_")
+            src = name.split("_")[2]
             arch[label] = "max_pool_3x3" if cell == "reduce" and src == "0" else "sep_conv_3x3"
     return arch
 

@@ -8,7 +8,6 @@ dataset paths and latency tables.
 from __future__ import annotations
 
 import logging
-
 import shlex
 from pathlib import Path
 from typing import Any

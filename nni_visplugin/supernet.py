@@ -15,14 +15,14 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.utils.checkpoint
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from nni.nas.nn.pytorch import InputChoice, LayerChoice
 
 __all__ = ["reject_unsupported_hook", "ChoiceModule", "choice_modules", "MixedOp", "MixedInput", "mixed_op_hook",
            "mixed_input_hook", "arch_parameters", "derive_architecture", "alpha_snapshot", "is_zero_op",
-           "channel_shuffle", "enable_partial_channels", "enable_edge_normalization", "enable_checkpointing", "set_aux_skip", "op_alphas",
-           "alpha_entropy", "count_skips"]
+           "channel_shuffle", "enable_partial_channels", "enable_edge_normalization", "enable_checkpointing",
+           "set_aux_skip", "op_alphas", "alpha_entropy", "count_skips"]
 
 
 def is_zero_op(module: nn.Module) -> bool:

@@ -31,8 +31,8 @@ from nni.nas.space import RawFormatModelSpace
 from nni_visplugin.checkpoint import CheckpointError, SearchCheckpoints, rng_state, set_rng_state
 from nni_visplugin.registry import register_strategy
 from nni_visplugin.supernet import (alpha_entropy, alpha_snapshot, arch_parameters, count_skips, derive_architecture,
-                                    enable_checkpointing, enable_edge_normalization, enable_partial_channels, mixed_input_hook,
-                                    mixed_op_hook, op_alphas, reject_unsupported_hook, set_aux_skip)
+                                    enable_checkpointing, enable_edge_normalization, enable_partial_channels,
+                                    mixed_input_hook, mixed_op_hook, op_alphas, reject_unsupported_hook, set_aux_skip)
 from nni_visplugin.training import check_finite, evaluate, memory_format, to_layout
 
 __all__ = ["OneShotConfig", "DartsConfig", "DartsStrategy", "SearchOutcome", "unrolled_arch_gradient"]
