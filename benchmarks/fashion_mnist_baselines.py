@@ -104,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     pipe = doc.get("pipeline") or {}
     recipe = dict(pipe.get("retrain") or {})
     recipe.pop("seeds", None)
+    recipe.pop("jobs", None)  # the pipeline's seeds at once; --jobs here
     recipe["seed"] = args.seed
     if args.jobs > 1:
         recipe["threads"] = 1

@@ -9,7 +9,7 @@ per trial), and ``pipeline``, what to do with its best search:
     pipeline:
       out: runs/fashion_mnist      # everything goes here (relative to the current directory)
       port: 8080                   # NNI's web UI while the searches run
-      retrain: {dataset: fashion-mnist, epochs: 30, width: 16, cells: 8, seeds: [0, 1, 2]}
+      retrain: {dataset: fashion-mnist, epochs: 30, width: 16, cells: 8, seeds: [0, 1, 2], jobs: 3}
       export: [onnx]
     experiment:
       trialCommand: python -m nni_visplugin.trial ...
@@ -18,7 +18,9 @@ per trial), and ``pipeline``, what to do with its best search:
 Stages leave their files as they finish, and a stage whose files are there is not run again, so a
 pipeline cut short resumes where it stopped when started again with the same ``out``. The best
 search is picked by the validation accuracy of its derived network; the test split is read only by
-the retraining, once, at its end.
+the retraining, once, at its end. ``retrain`` takes the keys of ``nni-visplugin retrain`` (see
+``RETRAIN_KEYS``), the list of ``seeds``, and ``jobs``: how many seeds train at once, each in a
+process of its own with ``threads`` threads (1 unless given).
 """
 from __future__ import annotations
 
@@ -46,7 +48,7 @@ __all__ = ["PipelineConfig", "run_pipeline"]
 _logger = logging.getLogger("nni_visplugin.pipeline")
 
 RETRAIN_KEYS = ("dataset", "data_dir", "epochs", "width", "cells", "batch_size", "lr", "label_smoothing",
-                "warmup_epochs", "augment", "threads", "device", "max_train_samples", "seeds")
+                "warmup_epochs", "augment", "threads", "device", "max_train_samples", "seeds", "jobs")
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,7 @@ class PipelineConfig:
     port: int = 8080
     retrain: dict[str, Any] = field(default_factory=dict)
     seeds: tuple[int, ...] = (0,)
+    jobs: int = 1  # seeds retrained at once, each in a process of its own
     export: tuple[str, ...] = ("onnx",)
     baselines: Path | None = None
     source: Path | None = None
@@ -86,6 +89,11 @@ class PipelineConfig:
         seeds = retrain.pop("seeds", [0])
         if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
             raise ConfigError(f"{path}: pipeline.retrain.seeds must be a non-empty list of integers >= 0")
+        jobs = retrain.pop("jobs", 1)
+        if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+            raise ConfigError(f"{path}: pipeline.retrain.jobs must be an integer >= 1, got {jobs!r}")
+        if jobs > 1:
+            retrain.setdefault("threads", 1)
         export = p.get("export", ["onnx"])
         export = [export] if isinstance(export, str) else list(export or [])
         if any(f not in ("onnx", "torchscript") for f in export):
@@ -96,7 +104,7 @@ class PipelineConfig:
         base = path.resolve().parent
         baselines = p.get("baselines")
         return cls(experiment=doc["experiment"], out=Path(out or p.get("out") or f"runs/{path.stem}").resolve(),
-                   port=port, retrain=retrain, seeds=tuple(seeds), export=tuple(export),
+                   port=port, retrain=retrain, seeds=tuple(seeds), jobs=jobs, export=tuple(export),
                    baselines=(base / baselines) if baselines else None, source=path.resolve())
 
 
@@ -198,11 +206,104 @@ def collect_trials(exp_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
+# ---------------------------------------------------------------------- stage 2: retraining
+def _retrain_one(arch: str, seed: int, recipe: dict[str, Any], run_dir: str, parallel: bool) -> dict[str, Any]:
+    """One seed's retraining; in a worker process when ``parallel`` (one line per epoch, no bar)."""
+    from nni_visplugin.retrain import RetrainConfig, retrain
+
+    config = RetrainConfig(arch=arch, seed=seed, **recipe, **({"progress": False} if parallel else {}))
+
+    def on_epoch(entry: dict[str, Any]) -> None:
+        print(f"retrain seed {seed}: epoch {entry['epoch'] + 1}/{config.epochs} loss {entry['train_loss']:.4f} "
+              f"train accuracy {entry['train_accuracy']:.4f} ({entry['seconds']:.0f} s)", flush=True)
+
+    return retrain(config, run_dir, on_epoch=on_epoch if parallel else None)
+
+
+def _remeasure_latency(run_dirs: list[Path]) -> None:
+    """Measure again, one model at a time, the latency of seeds that trained side by side (each
+    measured its own while the others were still training) and correct their ``metrics.json``."""
+    if not run_dirs:
+        return
+    import torch
+
+    from nni_visplugin.latency import measure_model
+    from nni_visplugin.search import load_model, write_json
+
+    threads = torch.get_num_threads()
+    try:
+        for run_dir in run_dirs:
+            metrics = json.loads((run_dir / "metrics.json").read_text())
+            torch.set_num_threads(metrics["threads"])
+            model = load_model(run_dir)
+            before = metrics["latency_ms"]
+            metrics["latency_ms"] = measure_model(model, metrics["input_shape"], metrics["device"], batch_size=1,
+                                                  rounds=3)  # as retrain measures it
+            metrics["latency_note"] = (f"measured after the seeds that trained side by side had finished, "
+                                       f"one model at a time ({before:.3f} ms while they were training)")
+            write_json(run_dir / "metrics.json", metrics)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def retrain_seeds(cfg: PipelineConfig, arch: Path, root: Path) -> list[dict[str, Any]]:
+    """Retrain ``arch`` once per seed into ``root/seed{S}``; seeds retrained before are read back.
+
+    With ``cfg.jobs`` > 1 that many seeds train at once, each in a fresh process with
+    ``retrain.threads`` threads (1 unless set): on a small CPU, single-threaded processes side by
+    side get more work done than one process using every core. A seed that fails does not stop
+    the others; its error is raised once all have ended, and the finished seeds keep their files.
+    """
+    done: dict[int, dict[str, Any]] = {}
+    todo = []
+    for seed in cfg.seeds:
+        run_dir = root / f"seed{seed}"
+        if (run_dir / "metrics.json").exists():
+            done[seed] = json.loads((run_dir / "metrics.json").read_text())
+            print(f"retrain seed {seed}: done before, test accuracy {done[seed]['test_accuracy']:.4f}", flush=True)
+        else:
+            todo.append(seed)
+
+    def finished(seed: int, metrics: dict[str, Any]) -> None:
+        done[seed] = metrics
+        print(f"retrain seed {seed}: test accuracy {metrics['test_accuracy']:.4f} "
+              f"({metrics['train_seconds']:.0f} s)", flush=True)
+
+    if todo:
+        print(f"retrain seeds {', '.join(map(str, todo))} ({min(cfg.jobs, len(todo))} at a time): {cfg.retrain}",
+              flush=True)
+    if cfg.jobs > 1 and len(todo) > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        errors = []
+        # spawn: a forked child would inherit this process's OpenMP thread pool in an unknown state
+        with ProcessPoolExecutor(max_workers=min(cfg.jobs, len(todo)),
+                                 mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {seed: pool.submit(_retrain_one, str(arch), seed, cfg.retrain, str(root / f"seed{seed}"), True)
+                       for seed in todo}
+            for seed, future in futures.items():
+                try:
+                    finished(seed, future.result())
+                except Exception as exc:  # reported after the other seeds have finished
+                    print(f"retrain seed {seed}: failed: {exc}", flush=True)
+                    errors.append(exc)
+        trained = [seed for seed in todo if seed in done]
+        _remeasure_latency([root / f"seed{seed}" for seed in trained])
+        for seed in trained:
+            done[seed] = json.loads((root / f"seed{seed}" / "metrics.json").read_text())
+        if errors:
+            raise errors[0]
+    else:
+        for seed in todo:
+            finished(seed, _retrain_one(str(arch), seed, cfg.retrain, str(root / f"seed{seed}"), False))
+    return [{**done[seed], "dir": str(root / f"seed{seed}")} for seed in cfg.seeds]
+
+
 # ---------------------------------------------------------------------- the whole thing
 def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     from nni_visplugin.export import export_model
     from nni_visplugin.report import PUBLISHED_FASHION_MNIST, write_report
-    from nni_visplugin.retrain import RetrainConfig, retrain
     from nni_visplugin.search import write_json
 
     started = time.time()
@@ -222,21 +323,19 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
         write_json(search_file, search)
     best = search["best"]
     print(f"picked: trial {best['trial']} (val accuracy {best['val_accuracy']:.4f}, {best['num_params']} parameters "
-          f"at search size)", flush=True)
+          f"as its search scored it)", flush=True)
 
-    runs = []
-    for seed in cfg.seeds:
-        run_dir = out / "retrain" / f"seed{seed}"
-        if (run_dir / "metrics.json").exists():
-            metrics = json.loads((run_dir / "metrics.json").read_text())
-            print(f"retrain seed {seed}: done before, test accuracy {metrics['test_accuracy']:.4f}", flush=True)
-        else:
-            print(f"retrain seed {seed}: {cfg.retrain}", flush=True)
-            metrics = retrain(RetrainConfig(arch=str(Path(best["dir"]) / "arch.json"), seed=seed, **cfg.retrain),
-                              run_dir)
-            print(f"retrain seed {seed}: test accuracy {metrics['test_accuracy']:.4f} "
-                  f"({metrics['train_seconds']:.0f} s)", flush=True)
-        runs.append({**metrics, "dir": str(run_dir)})
+    stage_start = time.time()
+    pending = [s for s in cfg.seeds if not (out / "retrain" / f"seed{s}" / "metrics.json").exists()]
+    runs = retrain_seeds(cfg, Path(best["dir"]) / "arch.json", out / "retrain")
+    # Wall time of the retraining stage, summed over the runs of this command that retrained something
+    # (seeds trained side by side overlap, so the seeds' own wall times do not add up to it).
+    stage_file = out / "retrain" / "stage.json"
+    stage = json.loads(stage_file.read_text()) if stage_file.exists() else {"wall_seconds": 0.0}
+    if pending:
+        stage["wall_seconds"] = round(stage["wall_seconds"] + time.time() - stage_start, 1)
+        stage["jobs"] = cfg.jobs
+        write_json(stage_file, stage)
 
     exports = {}
     for fmt in cfg.export:
@@ -262,7 +361,8 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
         "parameters": runs[0]["num_params"], "FLOPs per image": runs[0].get("flops"),
         "latency (ms, batch 1)": runs[0].get("latency_ms"),
         "search wall time (s)": search.get("search_wall_seconds"),
-        "retrain wall time (s)": round(sum(r.get("wall_seconds", 0) for r in runs), 1),
+        "retrain wall time (s)": stage["wall_seconds"] or round(sum(r.get("wall_seconds", 0) for r in runs), 1),
+        "retrain seeds at once": cfg.jobs,
         "pipeline wall time this run (s)": round(total, 1),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
     }

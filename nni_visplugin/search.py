@@ -149,6 +149,8 @@ def run_search(config: SearchConfig, out_dir: str | os.PathLike, *,
     outcome = strategy.search(space, train_w, train_a, val, device=device, on_epoch=collect,
                               checkpoint_dir=out / "checkpoints")
     search_seconds = time.time() - search_start
+    # Again, with what the search did after its last epoch (a perturbation-based topology).
+    write_json(alphas_path, [_history_entry(r) for r in strategy.history])
     write_json(out / "arch.json", outcome.arch)
 
     # Measure the derived architecture: a fresh network, trained from scratch on all training data.
@@ -216,7 +218,7 @@ def _latency_report(outcome: Any, space: str, search_kwargs: dict[str, Any], spl
 def _history_entry(record: dict[str, Any]) -> dict[str, Any]:
     return {k: record[k] for k in ("epoch", "train_loss", "val_accuracy", "weight_lr", "seconds", "alphas", "arch",
                                    "alpha_entropy", "normal_skips", "early_stop",
-                                   "latency_expected_ms", "latency_predicted_ms") if k in record}
+                                   "latency_expected_ms", "latency_predicted_ms", "perturbation") if k in record}
 
 
 def load_model(directory: str | os.PathLike, *, weights: bool = True) -> torch.nn.Module:

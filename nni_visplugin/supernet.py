@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 
 import math
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import torch.nn as nn
@@ -152,10 +152,14 @@ class MixedInput(ChoiceModule):
         self.reduction = reduction
         self.alpha = alpha
         self.edge_labels = [str(e) for e in edge_labels] if edge_labels else None
+        # Incoming edges taken out of the node (perturbation-based selection): they add nothing.
+        self.dropped: frozenset[int] = frozenset()
 
     def forward(self, inputs: list[torch.Tensor]) -> torch.Tensor:
         if len(inputs) != self.n_candidates:
             raise ValueError(f"InputChoice {self.label!r} expects {self.n_candidates} inputs, got {len(inputs)}")
+        if self.dropped and self.edge_labels:
+            inputs = [torch.zeros_like(x) if i in self.dropped else x for i, x in enumerate(inputs)]
         if self.alpha is None:
             out = sum(inputs)
             return out / self.n_candidates * self.n_chosen if self.reduction == "mean" else out
@@ -261,6 +265,67 @@ def derive_architecture(supernet: nn.Module) -> dict[str, Any]:
         ranked = sorted(range(m.n_candidates), key=lambda i: (-strength[i], i))
         sample[label] = sorted(ranked[: m.n_chosen])
     return sample
+
+
+@torch.no_grad()
+def select_inputs_by_perturbation(supernet: nn.Module, batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
+                                  sample: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Choose every node's incoming edges by how much the supernet needs them (perturbation).
+
+    The topology selection of DARTS-PT (Wang et al., "Rethinking Architecture Selection in
+    Differentiable NAS", ICLR 2021, section 4 and Algorithm 2), without its fine-tuning between
+    decisions: node by node, the incoming edge whose removal leaves the supernet's accuracy on
+    ``batches`` highest (ties: lowest loss, then the later edge) is removed, again and again until
+    ``n_chosen`` edges are left; removed edges stay removed while the later nodes are decided.
+    Only ``InputChoice`` nodes whose candidates are edges (``edge_labels``) are decided here; every
+    other entry of ``sample`` (the operations, chosen by alpha) is kept. Returns the new sample and
+    what was measured: per node, per round, the accuracy and loss without each remaining edge.
+    """
+    nodes: dict[str, list[MixedInput]] = {}  # every module of a label: the cells of one kind share it
+    for m in supernet.modules():
+        if isinstance(m, MixedInput) and m.edge_labels and m.n_candidates > m.n_chosen:
+            nodes.setdefault(m.label, []).append(m)
+    was_training = supernet.training
+    supernet.eval()
+
+    def measure() -> tuple[float, float]:
+        correct, loss, total = 0, 0.0, 0
+        for x, y in batches:
+            logits = supernet(x)
+            correct += int((logits.argmax(1) == y).sum())
+            loss += float(F.cross_entropy(logits, y, reduction="sum"))
+            total += y.numel()
+        return correct / total, loss / total
+
+    def drop(modules: list[MixedInput], edges: frozenset[int]) -> None:
+        for m in modules:
+            m.dropped = edges
+
+    sample = dict(sample)
+    trace: dict[str, Any] = {}
+    try:
+        for label, modules in nodes.items():
+            n, keep = modules[0].n_candidates, modules[0].n_chosen
+            dropped: frozenset[int] = frozenset()
+            rounds = []
+            while n - len(dropped) > keep:
+                scores = {}
+                for i in range(n):
+                    if i not in dropped:
+                        drop(modules, dropped | {i})
+                        scores[i] = measure()
+                removed = max(scores, key=lambda i: (scores[i][0], -scores[i][1], i))
+                rounds.append({"without": {str(i): {"accuracy": a, "loss": lo} for i, (a, lo) in scores.items()},
+                               "removed": removed})
+                dropped = dropped | {removed}
+            drop(modules, dropped)
+            sample[label] = sorted(set(range(n)) - dropped)
+            trace[label] = rounds
+    finally:
+        for modules in nodes.values():
+            drop(modules, frozenset())
+        supernet.train(was_training)
+    return sample, trace
 
 
 def enable_partial_channels(supernet: nn.Module, k: int) -> None:

@@ -29,7 +29,7 @@ def _tiny_pipeline(tmp_path: Path) -> Path:
                            "--set space.num_cells=2 --set num_threads=1 --set max_train_samples=300 "
                            "--set partial_channels=2 --set edge_norm=true --set final_epochs=1")
     doc["pipeline"] = {"out": str(tmp_path / "run"), "retrain": {"dataset": "digits", "epochs": 1, "width": 8,
-                                                                 "threads": 1, "seeds": [0, 1]},
+                                                                 "threads": 1, "seeds": [0, 1], "jobs": 2},
                        "export": ["onnx"]}
     path = tmp_path / "pipeline.yml"
     path.write_text(yaml.safe_dump(doc))
@@ -85,11 +85,42 @@ def test_pipeline_end_to_end_and_resume(tmp_path):
     assert [r["test_accuracy"] for r in again["runs"]] == accs
 
 
+def test_seeds_side_by_side_match_one_after_another(tmp_path):
+    """Seeds retrained in worker processes (jobs=2) give exactly what the same seeds give one after
+    the other in this process: same weights' accuracy, same curve; a finished seed is not redone."""
+    from retrain_helpers import fake_search_dir
+
+    from nni_visplugin.pipeline import retrain_seeds
+
+    arch = fake_search_dir(tmp_path / "search") / "arch.json"
+    doc = {"experiment": {}, "pipeline": {"retrain": {"dataset": "digits", "epochs": 2, "width": 8, "threads": 1,
+                                                      "seeds": [0, 1]}}}
+    results = {}
+    for jobs in (1, 2):
+        doc["pipeline"]["retrain"]["jobs"] = jobs
+        path = tmp_path / f"p{jobs}.yml"
+        path.write_text(yaml.safe_dump(doc))
+        results[jobs] = retrain_seeds(PipelineConfig.load(path), arch, tmp_path / f"jobs{jobs}")
+    for one, two in zip(results[1], results[2]):
+        assert one["seed"] == two["seed"] and one["threads"] == two["threads"] == 1
+        assert one["test_accuracy"] == two["test_accuracy"]
+        assert [e["train_loss"] for e in one["curve"]] == [e["train_loss"] for e in two["curve"]]
+    assert results[1][0]["curve"] != results[1][1]["curve"]  # the seeds differ
+    # Latency of models that trained side by side is measured again once they have all finished.
+    assert all("latency_note" in r and r["latency_ms"] > 0 for r in results[2])
+    assert not any("latency_note" in r for r in results[1])
+    stamp = (tmp_path / "jobs2" / "seed1" / "model.pt").stat().st_mtime_ns
+    again = retrain_seeds(PipelineConfig.load(tmp_path / "p2.yml"), arch, tmp_path / "jobs2")
+    assert [r["test_accuracy"] for r in again] == [r["test_accuracy"] for r in results[2]]
+    assert (tmp_path / "jobs2" / "seed1" / "model.pt").stat().st_mtime_ns == stamp
+
+
 @pytest.mark.parametrize("doc, message", [
     ({"pipeline": {}}, "needs an 'experiment' mapping"),
     ({"experiment": {}, "extra": 1}, "unknown top-level key(s) extra"),
     ({"experiment": {}, "pipeline": {"retrain": {"epoch": 3}}}, "unknown pipeline.retrain key(s) epoch"),
     ({"experiment": {}, "pipeline": {"retrain": {"seeds": []}}}, "seeds must be a non-empty list"),
+    ({"experiment": {}, "pipeline": {"retrain": {"jobs": 0}}}, "pipeline.retrain.jobs must be an integer >= 1"),
     ({"experiment": {}, "pipeline": {"export": ["tflite"]}}, "pipeline.export takes onnx and/or torchscript"),
     ({"experiment": {}, "pipeline": {"port": 0}}, "pipeline.port must be a TCP port"),
 ])

@@ -32,7 +32,8 @@ from nni_visplugin.checkpoint import CheckpointError, SearchCheckpoints, rng_sta
 from nni_visplugin.registry import register_strategy
 from nni_visplugin.supernet import (alpha_entropy, alpha_snapshot, arch_parameters, count_skips, derive_architecture,
                                     enable_checkpointing, enable_edge_normalization, enable_partial_channels,
-                                    mixed_input_hook, mixed_op_hook, op_alphas, reject_unsupported_hook, set_aux_skip)
+                                    mixed_input_hook, mixed_op_hook, op_alphas, reject_unsupported_hook,
+                                    select_inputs_by_perturbation, set_aux_skip)
 from nni_visplugin.training import check_finite, evaluate, memory_format, to_layout
 
 __all__ = ["OneShotConfig", "DartsConfig", "DartsStrategy", "SearchOutcome", "unrolled_arch_gradient"]
@@ -119,9 +120,20 @@ class DartsConfig(OneShotConfig):
     # keeping their activations (same values and gradients; more compute). First order only: the
     # second-order step evaluates the supernet at virtual weights, which a recomputation would miss.
     checkpoint_edges: bool = False
+    # How the nodes' incoming edges are chosen at the end: "alpha", DARTS's rule (the edges whose
+    # strongest operation weighs most), or "perturbation", DARTS-PT's topology selection (Wang et
+    # al., ICLR 2021; without its fine-tuning): the edges whose removal costs the supernet most
+    # accuracy on perturbation_images images of the architecture split. The operations on the
+    # edges are chosen by alpha either way.
+    topology: str = "alpha"
+    perturbation_images: int = 1000
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.topology not in ("alpha", "perturbation"):
+            raise ValueError(f"topology must be alpha or perturbation, got {self.topology!r}")
+        if self.perturbation_images < 1:
+            raise ValueError(f"perturbation_images must be >= 1, got {self.perturbation_images}")
         if self.checkpoint_edges and self.order == 2:
             raise ValueError("checkpoint_edges works with order=1 only (the second-order step evaluates the "
                              "supernet at virtual weights, which a recomputation in the backward pass would not see)")
@@ -378,8 +390,28 @@ class DartsStrategy(OneShotStrategy):
                 _logger.warning("%s: stopping early after epoch %d: %s", self.name, epoch + 1, stop)
                 break
 
-        self.outcome = SearchOutcome(arch=self.derive(supernet), history=history, supernet=supernet)
+        arch = self.derive(supernet)
+        if getattr(cfg, "topology", "alpha") == "perturbation" and history:
+            arch = self._perturbation_topology(supernet, arch, train_a, device, history[-1])
+        self.outcome = SearchOutcome(arch=arch, history=history, supernet=supernet)
         return self.outcome
+
+    def _perturbation_topology(self, supernet: nn.Module, arch: dict[str, Any], train_a: Iterable,
+                               device: torch.device | str, record: dict[str, Any]) -> dict[str, Any]:
+        """The nodes' inputs chosen by perturbation on the first images of the architecture split."""
+        start = time.perf_counter()
+        batches, n = [], 0
+        for x, y in train_a:
+            batches.append((to_layout(x.to(device), device), y.to(device)))
+            n += y.numel()
+            if n >= self.config.perturbation_images:
+                break
+        arch, trace = select_inputs_by_perturbation(supernet, batches, arch)
+        record["arch"] = arch
+        record["perturbation"] = {"images": n, "seconds": time.perf_counter() - start, "nodes": trace}
+        _logger.info("%s: nodes' inputs chosen by perturbation on %d images (%.1f s)", self.name, n,
+                     record["perturbation"]["seconds"])
+        return arch
 
     def _stop_reason(self, history: list[dict[str, Any]]) -> str | None:
         """The early-stop rule that fires on ``history``, if any (only epochs where alpha moved count)."""
