@@ -8,7 +8,8 @@ Pairs compared (``--algos``):
   own row, compared with the same NNI DARTS run;
 - ``darts-lean`` / ``pcdarts-lean``: the same with ``checkpoint_edges=true`` (each edge recomputes
   its candidates in the backward pass instead of keeping their activations), against the same NNI
-  DARTS run;
+  DARTS run; ``darts-lean-half``: only the first half of the edges (the first cells, at the
+  highest resolution) recompute (``checkpoint_share=0.5``);
 - ``proxyless-cell`` / ``proxyless-mobile``: the plugin's ``proxyless`` against
   ``nni.nas.strategy.Proxyless`` on ``darts_cell`` / ``proxyless_mobile``.
 
@@ -58,6 +59,8 @@ ALGOS = {
     "darts": {"space": "darts_cell", "plugin": ("darts", {}), "nni": "DARTS"},
     "pcdarts": {"space": "darts_cell", "plugin": ("darts", {"partial_channels": 4, "edge_norm": True}), "nni": "DARTS"},
     "darts-lean": {"space": "darts_cell", "plugin": ("darts", {"checkpoint_edges": True}), "nni": "DARTS"},
+    "darts-lean-half": {"space": "darts_cell", "plugin": ("darts", {"checkpoint_edges": True, "checkpoint_share": 0.5}),
+                        "nni": "DARTS"},
     "pcdarts-lean": {"space": "darts_cell",
                      "plugin": ("darts", {"partial_channels": 4, "edge_norm": True, "checkpoint_edges": True}),
                      "nni": "DARTS"},
@@ -65,7 +68,8 @@ ALGOS = {
     "proxyless-mobile": {"space": "proxyless_mobile", "plugin": ("proxyless", {}), "nni": "Proxyless"},
 }
 # PC-DARTS is compared with the NNI DARTS run of its repeat: NNI has no partial channels.
-NNI_RUN_OF = {"darts": "darts", "pcdarts": "darts", "darts-lean": "darts", "pcdarts-lean": "darts",
+NNI_RUN_OF = {"darts": "darts", "pcdarts": "darts", "darts-lean": "darts", "darts-lean-half": "darts",
+              "pcdarts-lean": "darts",
               "proxyless-cell": "proxyless-cell",
               "proxyless-mobile": "proxyless-mobile"}
 

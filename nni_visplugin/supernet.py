@@ -371,11 +371,18 @@ def _frozen_batch_norm_stats(module: nn.Module):
                 m.num_batches_tracked.copy_(count)
 
 
-def enable_checkpointing(supernet: nn.Module) -> None:
-    """Memory-lean supernet: every mixed operation recomputes its candidates in the backward pass."""
-    for m in supernet.modules():
-        if isinstance(m, MixedOp):
-            m.checkpoint = True
+def enable_checkpointing(supernet: nn.Module, share: float = 1.0) -> None:
+    """Memory-lean supernet: mixed operations recompute their candidates in the backward pass.
+
+    ``share`` < 1 limits this to that share of the mixed operations (rounded up), the first ones
+    in the network's module order: in a cell network, those of the first cells, which work at the
+    highest resolution and so hold most of the activations for the least recomputation.
+    """
+    if not 0 < share <= 1:
+        raise ValueError(f"share must be in (0, 1], got {share}")
+    edges = [m for m in supernet.modules() if isinstance(m, MixedOp)]
+    for m in edges[: math.ceil(share * len(edges))]:
+        m.checkpoint = True
 
 
 def set_aux_skip(supernet: nn.Module, beta: float) -> None:

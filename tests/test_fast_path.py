@@ -124,13 +124,16 @@ def _step(checkpoint_edges: bool, **settings):
     return loss.detach(), grads, stats, supernet
 
 
-@pytest.mark.parametrize("settings", [{}, {"partial_channels": 2, "edge_norm": True}])
+@pytest.mark.parametrize("settings", [{}, {"partial_channels": 2, "edge_norm": True}, {"checkpoint_share": 0.5}])
 def test_checkpointed_edges_give_the_same_loss_gradients_and_running_stats(settings):
-    ref_loss, ref_grads, ref_stats, _ = _step(False, **settings)
+    share = settings.get("checkpoint_share", 1.0)
+    ref_loss, ref_grads, ref_stats, _ = _step(False, **{k: v for k, v in settings.items() if k != "checkpoint_share"})
     loss, grads, stats, supernet = _step(True, **settings)
     from nni_visplugin.supernet import MixedOp
 
-    assert all(m.checkpoint for m in supernet.modules() if isinstance(m, MixedOp))
+    flags = [m.checkpoint for m in supernet.modules() if isinstance(m, MixedOp)]
+    # the first ceil(share * n) edges in module order, the first cells', recompute; the rest do not
+    assert flags == [i < -(-len(flags) * share // 1) for i in range(len(flags))] and any(flags)
     assert torch.allclose(loss, ref_loss, rtol=0, atol=1e-12)
     for g, r in zip(grads, ref_grads):
         assert (g is None) == (r is None)
@@ -145,3 +148,6 @@ def test_checkpointed_edges_give_the_same_loss_gradients_and_running_stats(setti
 def test_checkpointed_edges_refuse_second_order():
     with pytest.raises(ValueError, match="order=1 only"):
         DartsStrategy(checkpoint_edges=True, order=2)
+    for share in (0, 1.5):
+        with pytest.raises(ValueError, match="checkpoint_share must be in"):
+            DartsStrategy(checkpoint_edges=True, checkpoint_share=share)

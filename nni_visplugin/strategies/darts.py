@@ -120,6 +120,9 @@ class DartsConfig(OneShotConfig):
     # keeping their activations (same values and gradients; more compute). First order only: the
     # second-order step evaluates the supernet at virtual weights, which a recomputation would miss.
     checkpoint_edges: bool = False
+    # With checkpoint_edges: the share of the mixed edges that recompute, the first ones of the
+    # network (at the highest resolution, where most of the activations are); 1 = all of them.
+    checkpoint_share: float = 1.0
     # How the nodes' incoming edges are chosen at the end: "alpha", DARTS's rule (the edges whose
     # strongest operation weighs most), or "perturbation", DARTS-PT's topology selection (Wang et
     # al., ICLR 2021; without its fine-tuning): the edges whose removal costs the supernet most
@@ -130,6 +133,8 @@ class DartsConfig(OneShotConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if not 0 < self.checkpoint_share <= 1:
+            raise ValueError(f"checkpoint_share must be in (0, 1], got {self.checkpoint_share}")
         if self.topology not in ("alpha", "perturbation"):
             raise ValueError(f"topology must be alpha or perturbation, got {self.topology!r}")
         if self.perturbation_images < 1:
@@ -277,7 +282,7 @@ class DartsStrategy(OneShotStrategy):
         if getattr(self.config, "edge_norm", False):
             enable_edge_normalization(supernet)
         if getattr(self.config, "checkpoint_edges", False):
-            enable_checkpointing(supernet)
+            enable_checkpointing(supernet, getattr(self.config, "checkpoint_share", 1.0))
         return supernet
 
     # ----------------------------------------------------------------- the search
