@@ -253,7 +253,10 @@ def retrain_seeds(cfg: PipelineConfig, arch: Path, root: Path) -> list[dict[str,
     ``retrain.threads`` threads (1 unless set): on a small CPU, single-threaded processes side by
     side get more work done than one process using every core. A seed that fails does not stop
     the others; its error is raised once all have ended, and the finished seeds keep their files.
+    The stage's wall time, summed over the calls that retrained something, goes to
+    ``root/stage.json``: seeds side by side overlap, so their own wall times do not add up to it.
     """
+    started = time.time()
     done: dict[int, dict[str, Any]] = {}
     todo = []
     for seed in cfg.seeds:
@@ -297,6 +300,12 @@ def retrain_seeds(cfg: PipelineConfig, arch: Path, root: Path) -> list[dict[str,
     else:
         for seed in todo:
             finished(seed, _retrain_one(str(arch), seed, cfg.retrain, str(root / f"seed{seed}"), False))
+    if todo:
+        from nni_visplugin.search import write_json
+
+        stage_file = root / "stage.json"
+        before = json.loads(stage_file.read_text())["wall_seconds"] if stage_file.exists() else 0.0
+        write_json(stage_file, {"wall_seconds": round(before + time.time() - started, 1), "jobs": cfg.jobs})
     return [{**done[seed], "dir": str(root / f"seed{seed}")} for seed in cfg.seeds]
 
 
@@ -325,17 +334,9 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     print(f"picked: trial {best['trial']} (val accuracy {best['val_accuracy']:.4f}, {best['num_params']} parameters "
           f"as its search scored it)", flush=True)
 
-    stage_start = time.time()
-    pending = [s for s in cfg.seeds if not (out / "retrain" / f"seed{s}" / "metrics.json").exists()]
     runs = retrain_seeds(cfg, Path(best["dir"]) / "arch.json", out / "retrain")
-    # Wall time of the retraining stage, summed over the runs of this command that retrained something
-    # (seeds trained side by side overlap, so the seeds' own wall times do not add up to it).
     stage_file = out / "retrain" / "stage.json"
     stage = json.loads(stage_file.read_text()) if stage_file.exists() else {"wall_seconds": 0.0}
-    if pending:
-        stage["wall_seconds"] = round(stage["wall_seconds"] + time.time() - stage_start, 1)
-        stage["jobs"] = cfg.jobs
-        write_json(stage_file, stage)
 
     exports = {}
     for fmt in cfg.export:

@@ -110,9 +110,12 @@ def test_seeds_side_by_side_match_one_after_another(tmp_path):
     assert all("latency_note" in r and r["latency_ms"] > 0 for r in results[2])
     assert not any("latency_note" in r for r in results[1])
     stamp = (tmp_path / "jobs2" / "seed1" / "model.pt").stat().st_mtime_ns
+    stage = json.loads((tmp_path / "jobs2" / "stage.json").read_text())
+    assert stage["jobs"] == 2 and 0 < stage["wall_seconds"] < sum(r["wall_seconds"] for r in results[2]) + 60
     again = retrain_seeds(PipelineConfig.load(tmp_path / "p2.yml"), arch, tmp_path / "jobs2")
     assert [r["test_accuracy"] for r in again] == [r["test_accuracy"] for r in results[2]]
     assert (tmp_path / "jobs2" / "seed1" / "model.pt").stat().st_mtime_ns == stamp
+    assert json.loads((tmp_path / "jobs2" / "stage.json").read_text()) == stage  # nothing retrained, no time added
 
 
 @pytest.mark.parametrize("doc, message", [
