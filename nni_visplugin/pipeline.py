@@ -220,11 +220,10 @@ def _retrain_one(arch: str, seed: int, recipe: dict[str, Any], run_dir: str, par
     return retrain(config, run_dir, on_epoch=on_epoch if parallel else None)
 
 
-def _remeasure_latency(run_dirs: list[Path]) -> None:
+def _remeasure_latency(runs: dict[Path, dict[str, Any]]) -> None:
     """Measure again, one model at a time, the latency of seeds that trained side by side (each
-    measured its own while the others were still training) and correct their ``metrics.json``."""
-    if not run_dirs:
-        return
+    measured its own while the others were still training); correct their metrics, in ``runs``
+    (run directory -> metrics) and in ``metrics.json``."""
     import torch
 
     from nni_visplugin.latency import measure_model
@@ -232,13 +231,11 @@ def _remeasure_latency(run_dirs: list[Path]) -> None:
 
     threads = torch.get_num_threads()
     try:
-        for run_dir in run_dirs:
-            metrics = json.loads((run_dir / "metrics.json").read_text())
+        for run_dir, metrics in runs.items():
             torch.set_num_threads(metrics["threads"])
-            model = load_model(run_dir)
             before = metrics["latency_ms"]
-            metrics["latency_ms"] = measure_model(model, metrics["input_shape"], metrics["device"], batch_size=1,
-                                                  rounds=3)  # as retrain measures it
+            metrics["latency_ms"] = measure_model(load_model(run_dir), metrics["input_shape"], metrics["device"],
+                                                  batch_size=1, rounds=metrics["config"]["latency_rounds"])
             metrics["latency_note"] = (f"measured after the seeds that trained side by side had finished, "
                                        f"one model at a time ({before:.3f} ms while they were training)")
             write_json(run_dir / "metrics.json", metrics)
@@ -291,10 +288,7 @@ def retrain_seeds(cfg: PipelineConfig, arch: Path, root: Path) -> list[dict[str,
                 except Exception as exc:  # reported after the other seeds have finished
                     print(f"retrain seed {seed}: failed: {exc}", flush=True)
                     errors.append(exc)
-        trained = [seed for seed in todo if seed in done]
-        _remeasure_latency([root / f"seed{seed}" for seed in trained])
-        for seed in trained:
-            done[seed] = json.loads((root / f"seed{seed}" / "metrics.json").read_text())
+        _remeasure_latency({root / f"seed{seed}": done[seed] for seed in todo if seed in done})
         if errors:
             raise errors[0]
     else:
