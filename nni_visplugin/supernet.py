@@ -9,8 +9,8 @@ architecture is consistent wherever the label appears. Anything else mutable is 
 from __future__ import annotations
 
 import contextlib
-
 import math
+import os
 from typing import Any, Sequence
 
 import torch
@@ -65,7 +65,18 @@ class MixedOp(ChoiceModule):
       for the backward pass but recomputed in it (activation checkpointing), so an edge holds only
       its input and output. The same values and gradients; batch-norm running statistics are
       updated once per forward, not again by the recomputation. Set by :func:`enable_checkpointing`.
+
+    The sum itself is computed leanly (``fused`` = True; False runs every candidate whole, the
+    straightforward reference the tests compare with): candidates that are plain ``nn.Sequential``
+    chains are unrolled, the ``ReLU`` most of them start with is applied to the edge's input once
+    for all of them (the DARTS convolutions are ReLU-conv-BN), and a closing affine-free batch norm
+    takes the candidate's weight ``softmax(alpha)_i`` as its scale, so ``w_i * BN(h)`` needs
+    neither a separate multiplication nor a kept copy of ``BN(h)`` for the backward pass. The
+    values and gradients are the same up to rounding.
     """
+
+    # NNI_VISPLUGIN_FUSED_EDGES=0 runs the reference everywhere (for benchmarks and bisecting).
+    fused = os.environ.get("NNI_VISPLUGIN_FUSED_EDGES", "1") != "0"
 
     def __init__(self, label: str, names: list, candidates: list[nn.Module], alpha: nn.Parameter):
         super().__init__()
@@ -99,11 +110,35 @@ class MixedOp(ChoiceModule):
         return F.softmax(self.alpha, dim=-1)
 
     def _mix(self, part: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        if self.fused:
+            return self._mix_fused(part, w)
         out = None
         for i, op in enumerate(self.candidates):
             if self.zero[i]:
                 continue
             y = op(part) * w[i]
+            out = y if out is None else out + y
+        return out
+
+    def _mix_fused(self, part: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        out = None
+        relu = None
+        for i, op in enumerate(self.candidates):
+            if self.zero[i]:
+                continue
+            chain = _unrolled(op)
+            if chain is None:  # not a plain chain (or hooked): run it whole
+                y = op(part) * w[i]
+            else:
+                h = part
+                if chain and type(chain[0]) is nn.ReLU:
+                    if relu is None:
+                        relu = F.relu(part)
+                    h, chain = relu, chain[1:]
+                tail = chain[-1] if chain and _scalable_norm(chain[-1]) else None
+                for m in chain[:-1] if tail is not None else chain:
+                    h = m(h)
+                y = _scaled_batch_norm(tail, h, w[i]) if tail is not None else h * w[i]
             out = y if out is None else out + y
         return out
 
@@ -127,6 +162,39 @@ class MixedOp(ChoiceModule):
         if self.aux_skip and out.shape == x.shape:
             out = out + self.aux_skip * x
         return out
+
+
+def _unrolled(op: nn.Module) -> list[nn.Module] | None:
+    """The leaf modules a candidate applies one after another, or None when it is not a chain of
+    plain ``nn.Sequential`` containers (its own ``forward``) or carries hooks that must see it run."""
+    if op._forward_hooks or op._forward_pre_hooks:
+        return None
+    if not isinstance(op, nn.Sequential) or type(op).forward is not nn.Sequential.forward:
+        return [op]
+    leaves: list[nn.Module] = []
+    for m in op:
+        sub = _unrolled(m)
+        if sub is None:
+            return None
+        leaves.extend(sub)
+    return leaves
+
+
+def _scalable_norm(m: nn.Module) -> bool:
+    return (type(m) is nn.BatchNorm2d and not m.affine and not m._forward_hooks and not m._forward_pre_hooks)
+
+
+def _scaled_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``scale * bn(x)`` for an affine-free batch norm, as one batch norm whose weight is ``scale``
+    on every channel: the running statistics are updated exactly as ``bn(x)`` updates them."""
+    factor = 0.0 if bn.momentum is None else bn.momentum
+    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+        factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+    use_batch_stats = bn.training or (bn.running_mean is None and bn.running_var is None)
+    track = not bn.training or bn.track_running_stats
+    return F.batch_norm(x, bn.running_mean if track else None, bn.running_var if track else None,
+                        scale.expand(x.shape[1]).contiguous(), None, use_batch_stats, factor, bn.eps)
 
 
 class MixedInput(ChoiceModule):

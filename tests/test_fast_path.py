@@ -151,3 +151,80 @@ def test_checkpointed_edges_refuse_second_order():
     for share in (0, 1.5):
         with pytest.raises(ValueError, match="checkpoint_share must be in"):
             DartsStrategy(checkpoint_edges=True, checkpoint_share=share)
+
+
+def _fused_step(monkeypatch, fused: bool, **settings):
+    from nni_visplugin import supernet as sn_module
+
+    monkeypatch.setattr(sn_module.MixedOp, "fused", fused)
+    calls = {"scaled_norm": 0}
+    real = sn_module._scaled_batch_norm
+
+    def counting(*args):
+        calls["scaled_norm"] += 1
+        return real(*args)
+
+    monkeypatch.setattr(sn_module, "_scaled_batch_norm", counting)
+    loss, grads, stats, supernet = _step(settings.pop("checkpoint_edges", False), **settings)
+    return loss, grads, stats, supernet, calls["scaled_norm"]
+
+
+@pytest.mark.parametrize("settings", [{}, {"partial_channels": 2, "edge_norm": True}, {"checkpoint_edges": True},
+                                      {"aux_skip": 0.5}])
+def test_fused_edges_give_the_reference_loss_gradients_and_running_stats(monkeypatch, settings):
+    ref_loss, ref_grads, ref_stats, _, ref_calls = _fused_step(monkeypatch, False, **settings)
+    loss, grads, stats, supernet, calls = _fused_step(monkeypatch, True, **settings)
+    from nni_visplugin.supernet import MixedOp
+
+    # every candidate that closes with an affine-free batch norm (the convolutions and the pools)
+    # took its weight inside it, once per forward (plus once per recomputation when checkpointed)
+    edges = [m for m in supernet.modules() if isinstance(m, MixedOp)]
+    closing = sum(1 for m in edges for op in m.candidates
+                  if isinstance(op, torch.nn.Sequential) and isinstance(op[-1], (torch.nn.BatchNorm2d, torch.nn.Sequential)))
+    assert ref_calls == 0 and calls == closing * (2 if settings.get("checkpoint_edges") else 1) > 0
+    assert torch.allclose(loss, ref_loss, rtol=0, atol=1e-12)
+    assert len(grads) == len(ref_grads)
+    for g, r in zip(grads, ref_grads):
+        assert (g is None) == (r is None)
+        if r is not None:
+            assert torch.allclose(g, r, rtol=1e-9, atol=1e-12)
+    assert stats.keys() == ref_stats.keys() and len(stats) > 0
+    for k in stats:  # the same statistics, summed in another order by the weighted kernel
+        assert torch.allclose(stats[k], ref_stats[k], rtol=1e-12, atol=1e-15), (k, (stats[k] - ref_stats[k]).abs().max())
+
+
+def test_fused_edges_in_float32_channels_last_at_full_width(monkeypatch):
+    """The layout and width a CPU search runs at: the batch norm's channels-last kernel reads its
+    weight as a dense vector, so a broadcast (stride-0) scale gave NaN gradients here."""
+    from nni_visplugin import supernet as sn_module
+
+    def loss_and_grads(fused: bool):
+        monkeypatch.setattr(sn_module.MixedOp, "fused", fused)
+        torch.manual_seed(0)
+        space = create_space("darts_cell", width=16, num_cells=3, image_size=16, in_channels=3, num_classes=10)
+        supernet = DartsStrategy(epochs=1).build_supernet(space).train().to(memory_format=torch.channels_last)
+        x, y = _data(8, 16, channels=3)
+        _, _, alphas = _split_params(supernet)
+        loss = F.cross_entropy(supernet(x.contiguous(memory_format=torch.channels_last)), y)
+        return loss.detach(), torch.autograd.grad(loss, alphas)
+
+    ref_loss, ref_grads = loss_and_grads(False)
+    loss, grads = loss_and_grads(True)
+    assert torch.allclose(loss, ref_loss, rtol=1e-5)
+    for g, r in zip(grads, ref_grads):
+        assert torch.isfinite(g).all()
+        assert torch.allclose(g, r, rtol=1e-3, atol=1e-6)
+
+
+def test_hooked_candidates_run_whole(monkeypatch):
+    """A candidate with a forward hook (someone measuring it) is run as a module, not unrolled."""
+    from nni_visplugin.supernet import MixedOp
+
+    torch.manual_seed(0)
+    supernet = DartsStrategy(epochs=1).build_supernet(tiny_space("darts_cell")).train()
+    edge = next(m for m in supernet.modules() if isinstance(m, MixedOp))
+    seen = []
+    conv = next(i for i, n in enumerate(edge.names) if n.startswith("sep_conv"))
+    edge.candidates[conv].register_forward_hook(lambda mod, inp, out: seen.append(out.shape))
+    supernet(_data(4)[0])
+    assert len(seen) == 1
