@@ -29,6 +29,55 @@ class Zero(nn.Module):
         return x[:, :, :: self.stride, :: self.stride].mul(0.0)
 
 
+class _DepthwiseConvFunction(torch.autograd.Function):
+    """A stride-1 depthwise convolution whose input gradient is computed as the forward
+    convolution of the output gradient with the flipped kernel (what the input gradient of such a
+    convolution is). On CPU, oneDNN's own backward for depthwise 5x5 and dilated kernels takes
+    10-25x longer than that convolution (BENCHMARKS.md); the weight gradient stays oneDNN's."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, padding: tuple[int, int],
+                dilation: tuple[int, int]) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.padding, ctx.dilation = padding, dilation
+        return F.conv2d(x, weight, None, 1, padding, dilation, x.shape[1])
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            k_h, k_w = weight.shape[-2:]
+            d_h, d_w = ctx.dilation
+            p_h, p_w = ctx.padding
+            grad_x = F.conv2d(grad, weight.flip(-2, -1), None, 1, (d_h * (k_h - 1) - p_h, d_w * (k_w - 1) - p_w),
+                              ctx.dilation, x.shape[1])
+        if ctx.needs_input_grad[1]:
+            grad_w = torch.ops.aten.convolution_backward(grad, x, weight, None, (1, 1), ctx.padding, ctx.dilation, False,
+                                                         (0, 0), x.shape[1], [False, True, False])[1]
+        return grad_x, grad_w, None, None
+
+
+class DepthwiseConv2d(nn.Conv2d):
+    """``nn.Conv2d(c, c, kernel, groups=c, bias=False)`` (same parameters and state dict) whose
+    training on CPU takes the faster backward of :class:`_DepthwiseConvFunction` at stride 1.
+    Anything else (CUDA, stride 2, inference, tracing for export) runs ``nn.Conv2d`` itself."""
+
+    def __init__(self, c: int, kernel: int, stride: int = 1, padding: int = 0, dilation: int = 1):
+        super().__init__(c, c, kernel, stride, padding, dilation=dilation, groups=c, bias=False)
+        d, k, p = self.dilation, self.kernel_size, self.padding
+        self._fast = (self.stride == (1, 1) and self.padding_mode == "zeros" and isinstance(p, tuple)
+                      and all(d_ * (k_ - 1) >= p_ for d_, k_, p_ in zip(d, k, p)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (self._fast and x.device.type == "cpu" and torch.is_grad_enabled()
+                and (x.requires_grad or self.weight.requires_grad)
+                and not torch.jit.is_tracing() and not torch.jit.is_scripting() and not torch.compiler.is_compiling()):
+            return _DepthwiseConvFunction.apply(x, self.weight, self.padding, self.dilation)
+        return super().forward(x)
+
+
 class ReLUConvBN(nn.Sequential):
     def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, padding: int, affine: bool):
         super().__init__(
@@ -44,7 +93,7 @@ class DilConv(nn.Sequential):
     def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, padding: int, dilation: int, affine: bool):
         super().__init__(
             nn.ReLU(inplace=False),
-            nn.Conv2d(c_in, c_in, kernel, stride, padding, dilation=dilation, groups=c_in, bias=False),
+            DepthwiseConv2d(c_in, kernel, stride, padding, dilation),
             nn.Conv2d(c_in, c_out, 1, bias=False),
             nn.BatchNorm2d(c_out, affine=affine),
         )

@@ -228,3 +228,38 @@ def test_hooked_candidates_run_whole(monkeypatch):
     edge.candidates[conv].register_forward_hook(lambda mod, inp, out: seen.append(out.shape))
     supernet(_data(4)[0])
     assert len(seen) == 1
+
+
+@pytest.mark.parametrize("kernel,dilation,padding", [(3, 1, 1), (5, 1, 2), (3, 2, 2), (5, 2, 4), (3, 1, 0), (5, 2, 1)])
+def test_depthwise_convolution_gradients_match_finite_differences_and_the_reference(kernel, dilation, padding):
+    from nni_visplugin.spaces.ops import DepthwiseConv2d, _DepthwiseConvFunction
+
+    torch.manual_seed(0)
+    conv = DepthwiseConv2d(3, kernel, 1, padding, dilation).double()
+    assert conv._fast
+    x = torch.randn(2, 3, 9, 7, dtype=torch.float64, requires_grad=True)
+    # the custom backward against central finite differences of the forward
+    assert torch.autograd.gradcheck(lambda a, w: _DepthwiseConvFunction.apply(a, w, conv.padding, conv.dilation),
+                                    (x, conv.weight))
+    ref = torch.nn.Conv2d(3, 3, kernel, 1, padding, dilation=dilation, groups=3, bias=False).double()
+    ref.load_state_dict(conv.state_dict())
+    y, y_ref = conv(x), ref(x)
+    assert y.grad_fn.name() == "_DepthwiseConvFunctionBackward"  # the fast path ran
+    g = torch.randn_like(y)
+    for a, b in zip(torch.autograd.grad(y, [x, conv.weight], g), torch.autograd.grad(y_ref, [x, ref.weight], g)):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
+    assert torch.equal(y, y_ref)
+
+
+def test_depthwise_convolution_falls_back_where_it_must():
+    from nni_visplugin.spaces.ops import DepthwiseConv2d
+
+    x = torch.randn(1, 4, 8, 8)
+    assert not DepthwiseConv2d(4, 3, 2, 1)._fast  # stride 2: PyTorch's own convolution
+    conv = DepthwiseConv2d(4, 3, 1, 1)
+    with torch.no_grad():
+        assert conv(x).grad_fn is None
+    assert conv(x).grad_fn.name() == "_DepthwiseConvFunctionBackward"
+    traced = torch.jit.trace(conv, x)  # tracing (ONNX and TorchScript export) sees a plain convolution
+    assert "aten::_convolution" in str(traced.graph) and "PythonOp" not in str(traced.graph)
+    assert torch.allclose(traced(x), conv(x))
