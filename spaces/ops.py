@@ -29,39 +29,36 @@ class Zero(nn.Module):
         return x[:, :, :: self.stride, :: self.stride].mul(0.0)
 
 
-class _DepthwiseConvFunction(torch.autograd.Function):
-    """A stride-1 depthwise convolution whose input gradient is computed as the forward
-    convolution of the output gradient with the flipped kernel (what the input gradient of such a
-    convolution is). On CPU, oneDNN's own backward for depthwise 5x5 and dilated kernels takes
-    10-25x longer than that convolution (BENCHMARKS.md); the weight gradient stays oneDNN's."""
+class _DepthwiseInputGrad(torch.autograd.Function):
+    """Passes ``y`` (the convolution of ``x``, detached, with the weight) through and gives ``x``
+    the input gradient of a stride-1 depthwise convolution, computed as the forward convolution of
+    the output gradient with the flipped kernel. The weight gradient stays with PyTorch's own
+    convolution node, which the autograd engine skips when no one asks for it (the architecture
+    step). On CPU, oneDNN's own input gradient for depthwise 5x5 and dilated kernels takes many
+    times longer than that convolution (benchmarks/depthwise_backward.py)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, padding: tuple[int, int],
+    def forward(ctx, y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, padding: tuple[int, int],
                 dilation: tuple[int, int]) -> torch.Tensor:
-        ctx.save_for_backward(x, weight)
-        ctx.padding, ctx.dilation = padding, dilation
-        return F.conv2d(x, weight, None, 1, padding, dilation, x.shape[1])
+        ctx.save_for_backward(weight)
+        ctx.padding, ctx.dilation, ctx.groups = padding, dilation, x.shape[1]
+        return y.view_as(y)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor):
-        x, weight = ctx.saved_tensors
-        grad_x = grad_w = None
-        if ctx.needs_input_grad[0]:
-            k_h, k_w = weight.shape[-2:]
-            d_h, d_w = ctx.dilation
-            p_h, p_w = ctx.padding
-            grad_x = F.conv2d(grad, weight.flip(-2, -1), None, 1, (d_h * (k_h - 1) - p_h, d_w * (k_w - 1) - p_w),
-                              ctx.dilation, x.shape[1])
+        grad_x = None
         if ctx.needs_input_grad[1]:
-            grad_w = torch.ops.aten.convolution_backward(grad, x, weight, None, (1, 1), ctx.padding, ctx.dilation, False,
-                                                         (0, 0), x.shape[1], [False, True, False])[1]
-        return grad_x, grad_w, None, None
+            (weight,) = ctx.saved_tensors
+            (k_h, k_w), (d_h, d_w), (p_h, p_w) = weight.shape[-2:], ctx.dilation, ctx.padding
+            grad_x = F.conv2d(grad, weight.flip(-2, -1), None, 1, (d_h * (k_h - 1) - p_h, d_w * (k_w - 1) - p_w),
+                              ctx.dilation, ctx.groups)
+        return grad, grad_x, None, None, None
 
 
 class DepthwiseConv2d(nn.Conv2d):
     """``nn.Conv2d(c, c, kernel, groups=c, bias=False)`` (same parameters and state dict) whose
-    training on CPU takes the faster backward of :class:`_DepthwiseConvFunction` at stride 1.
+    training on CPU takes the faster input gradient of :class:`_DepthwiseInputGrad` at stride 1.
     Anything else (CUDA, stride 2, inference, tracing for export) runs ``nn.Conv2d`` itself."""
 
     def __init__(self, c: int, kernel: int, stride: int = 1, padding: int = 0, dilation: int = 1):
@@ -74,7 +71,8 @@ class DepthwiseConv2d(nn.Conv2d):
         if (self._fast and x.device.type == "cpu" and torch.is_grad_enabled()
                 and (x.requires_grad or self.weight.requires_grad)
                 and not torch.jit.is_tracing() and not torch.jit.is_scripting() and not torch.compiler.is_compiling()):
-            return _DepthwiseConvFunction.apply(x, self.weight, self.padding, self.dilation)
+            y = F.conv2d(x.detach(), self.weight, None, 1, self.padding, self.dilation, self.groups)
+            return _DepthwiseInputGrad.apply(y, x, self.weight.detach(), self.padding, self.dilation)
         return super().forward(x)
 
 

@@ -232,19 +232,21 @@ def test_hooked_candidates_run_whole(monkeypatch):
 
 @pytest.mark.parametrize("kernel,dilation,padding", [(3, 1, 1), (5, 1, 2), (3, 2, 2), (5, 2, 4), (3, 1, 0), (5, 2, 1)])
 def test_depthwise_convolution_gradients_match_finite_differences_and_the_reference(kernel, dilation, padding):
-    from nni_visplugin.spaces.ops import DepthwiseConv2d, _DepthwiseConvFunction
+    from torch.func import functional_call
+
+    from nni_visplugin.spaces.ops import DepthwiseConv2d
 
     torch.manual_seed(0)
     conv = DepthwiseConv2d(3, kernel, 1, padding, dilation).double()
     assert conv._fast
     x = torch.randn(2, 3, 9, 7, dtype=torch.float64, requires_grad=True)
-    # the custom backward against central finite differences of the forward
-    assert torch.autograd.gradcheck(lambda a, w: _DepthwiseConvFunction.apply(a, w, conv.padding, conv.dilation),
-                                    (x, conv.weight))
+    # the module's gradients against central finite differences of its forward
+    assert torch.autograd.gradcheck(lambda a, w: functional_call(conv, {"weight": w}, (a,)),
+                                    (x, conv.weight.detach().clone().requires_grad_()))
     ref = torch.nn.Conv2d(3, 3, kernel, 1, padding, dilation=dilation, groups=3, bias=False).double()
     ref.load_state_dict(conv.state_dict())
     y, y_ref = conv(x), ref(x)
-    assert y.grad_fn.name() == "_DepthwiseConvFunctionBackward"  # the fast path ran
+    assert y.grad_fn.name() == "_DepthwiseInputGradBackward"  # the fast path ran
     g = torch.randn_like(y)
     for a, b in zip(torch.autograd.grad(y, [x, conv.weight], g), torch.autograd.grad(y_ref, [x, ref.weight], g)):
         assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
@@ -259,7 +261,27 @@ def test_depthwise_convolution_falls_back_where_it_must():
     conv = DepthwiseConv2d(4, 3, 1, 1)
     with torch.no_grad():
         assert conv(x).grad_fn is None
-    assert conv(x).grad_fn.name() == "_DepthwiseConvFunctionBackward"
+    assert conv(x).grad_fn.name() == "_DepthwiseInputGradBackward"
     traced = torch.jit.trace(conv, x)  # tracing (ONNX and TorchScript export) sees a plain convolution
     assert "aten::_convolution" in str(traced.graph) and "PythonOp" not in str(traced.graph)
     assert torch.allclose(traced(x), conv(x))
+
+
+def test_depthwise_convolution_computes_only_the_gradients_asked_for():
+    """The architecture step asks for input gradients only: PyTorch's convolution backward (which
+    holds the weight gradient) must not run then, and must run once when the weight's is asked."""
+    from torch.profiler import profile
+
+    from nni_visplugin.spaces.ops import DepthwiseConv2d
+
+    conv = DepthwiseConv2d(4, 5, 1, 4, 2)
+    x = torch.randn(2, 4, 8, 8, requires_grad=True)
+
+    def backward_calls(inputs):
+        y = conv(x)
+        with profile() as prof:
+            torch.autograd.grad(y.square().sum(), inputs)
+        return sum(e.count for e in prof.key_averages() if e.key == "aten::convolution_backward")
+
+    assert backward_calls([x]) == 0
+    assert backward_calls([conv.weight]) == 1
