@@ -29,53 +29,6 @@ class Zero(nn.Module):
         return x[:, :, :: self.stride, :: self.stride].mul(0.0)
 
 
-class _DepthwiseInputGrad(torch.autograd.Function):
-    """Passes ``y`` (the convolution of ``x``, detached, with the weight) through and gives ``x``
-    the input gradient of a stride-1 depthwise convolution, computed as the forward convolution of
-    the output gradient with the flipped kernel. The weight gradient stays with PyTorch's own
-    convolution node, which the autograd engine skips when no one asks for it (the architecture
-    step). On CPU, oneDNN's own input gradient for depthwise 5x5 and dilated kernels takes many
-    times longer than that convolution (benchmarks/depthwise_backward.py)."""
-
-    @staticmethod
-    def forward(ctx, y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, padding: tuple[int, int],
-                dilation: tuple[int, int]) -> torch.Tensor:
-        ctx.save_for_backward(weight)
-        ctx.padding, ctx.dilation, ctx.groups = padding, dilation, x.shape[1]
-        return y.view_as(y)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: torch.Tensor):
-        grad_x = None
-        if ctx.needs_input_grad[1]:
-            (weight,) = ctx.saved_tensors
-            (k_h, k_w), (d_h, d_w), (p_h, p_w) = weight.shape[-2:], ctx.dilation, ctx.padding
-            grad_x = F.conv2d(grad, weight.flip(-2, -1), None, 1, (d_h * (k_h - 1) - p_h, d_w * (k_w - 1) - p_w),
-                              ctx.dilation, ctx.groups)
-        return grad, grad_x, None, None, None
-
-
-class DepthwiseConv2d(nn.Conv2d):
-    """``nn.Conv2d(c, c, kernel, groups=c, bias=False)`` (same parameters and state dict) whose
-    training on CPU takes the faster input gradient of :class:`_DepthwiseInputGrad` at stride 1.
-    Anything else (CUDA, stride 2, inference, tracing for export) runs ``nn.Conv2d`` itself."""
-
-    def __init__(self, c: int, kernel: int, stride: int = 1, padding: int = 0, dilation: int = 1):
-        super().__init__(c, c, kernel, stride, padding, dilation=dilation, groups=c, bias=False)
-        d, k, p = self.dilation, self.kernel_size, self.padding
-        self._fast = (self.stride == (1, 1) and self.padding_mode == "zeros" and isinstance(p, tuple)
-                      and all(d_ * (k_ - 1) >= p_ for d_, k_, p_ in zip(d, k, p)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (self._fast and x.device.type == "cpu" and torch.is_grad_enabled()
-                and (x.requires_grad or self.weight.requires_grad)
-                and not torch.jit.is_tracing() and not torch.jit.is_scripting() and not torch.compiler.is_compiling()):
-            y = F.conv2d(x.detach(), self.weight, None, 1, self.padding, self.dilation, self.groups)
-            return _DepthwiseInputGrad.apply(y, x, self.weight.detach(), self.padding, self.dilation)
-        return super().forward(x)
-
-
 class ReLUConvBN(nn.Sequential):
     def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, padding: int, affine: bool):
         super().__init__(
@@ -91,7 +44,7 @@ class DilConv(nn.Sequential):
     def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, padding: int, dilation: int, affine: bool):
         super().__init__(
             nn.ReLU(inplace=False),
-            DepthwiseConv2d(c_in, kernel, stride, padding, dilation),
+            nn.Conv2d(c_in, c_in, kernel, stride, padding, dilation=dilation, groups=c_in, bias=False),
             nn.Conv2d(c_in, c_out, 1, bias=False),
             nn.BatchNorm2d(c_out, affine=affine),
         )
