@@ -193,6 +193,8 @@ def _scaled_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, scale: torch.Tensor)
         factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
     use_batch_stats = bn.training or (bn.running_mean is None and bn.running_var is None)
     track = not bn.training or bn.track_running_stats
+    # A dense weight vector, not a broadcast view: the CPU kernel for channels-last inputs reads
+    # the weight as dense memory and gave NaN gradients with a stride-0 one (tests/test_fast_path.py).
     return F.batch_norm(x, bn.running_mean if track else None, bn.running_var if track else None,
                         scale.expand(x.shape[1]).contiguous(), None, use_batch_stats, factor, bn.eps)
 
