@@ -53,7 +53,7 @@ def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
 class MixedOp(ChoiceModule):
     """``sum_i softmax(alpha)_i * op_i(x)`` over the candidates of one ``LayerChoice``.
 
-    Two switches change the relaxation, not the space:
+    Three switches change the relaxation, not the space:
 
     - ``partial`` = K > 1 (PC-DARTS, Xu et al., ICLR 2020, section 3.2): the candidates run on the
       first 1/K of the channels only; the rest bypass the edge (max-pooled on a reduction edge) and
