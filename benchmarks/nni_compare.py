@@ -9,7 +9,7 @@ Pairs compared (``--algos``):
 - ``darts-lean`` / ``pcdarts-lean``: the same with ``checkpoint_edges=true`` (each edge recomputes
   its candidates in the backward pass instead of keeping their activations), against the same NNI
   DARTS run; ``darts-lean-half``: only the first half of the edges (the first cells, at the
-  highest resolution) recompute (``checkpoint_share=0.5``), ``darts-lean-quarter`` the first quarter;
+  highest resolution) recompute (``checkpoint_share=0.5``), ``darts-lean-quarter`` the first quarter, ``darts-lean-fifth`` the first fifth;
 - ``proxyless-cell`` / ``proxyless-mobile``: the plugin's ``proxyless`` against
   ``nni.nas.strategy.Proxyless`` on ``darts_cell`` / ``proxyless_mobile``.
 
@@ -63,6 +63,8 @@ ALGOS = {
                         "nni": "DARTS"},
     "darts-lean-quarter": {"space": "darts_cell",
                            "plugin": ("darts", {"checkpoint_edges": True, "checkpoint_share": 0.25}), "nni": "DARTS"},
+    "darts-lean-fifth": {"space": "darts_cell",
+                         "plugin": ("darts", {"checkpoint_edges": True, "checkpoint_share": 0.2}), "nni": "DARTS"},
     "pcdarts-lean": {"space": "darts_cell",
                      "plugin": ("darts", {"partial_channels": 4, "edge_norm": True, "checkpoint_edges": True}),
                      "nni": "DARTS"},
@@ -71,7 +73,7 @@ ALGOS = {
 }
 # PC-DARTS is compared with the NNI DARTS run of its repeat: NNI has no partial channels.
 NNI_RUN_OF = {"darts": "darts", "pcdarts": "darts", "darts-lean": "darts", "darts-lean-half": "darts",
-              "darts-lean-quarter": "darts", "pcdarts-lean": "darts",
+              "darts-lean-quarter": "darts", "darts-lean-fifth": "darts", "pcdarts-lean": "darts",
               "proxyless-cell": "proxyless-cell",
               "proxyless-mobile": "proxyless-mobile"}
 
