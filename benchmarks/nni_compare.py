@@ -8,8 +8,8 @@ Pairs compared (``--algos``):
   own row, compared with the same NNI DARTS run;
 - ``darts-lean`` / ``pcdarts-lean``: the same with ``checkpoint_edges=true`` (each edge recomputes
   its candidates in the backward pass instead of keeping their activations), against the same NNI
-  DARTS run; ``darts-lean-half``: only the first half of the edges (the first cells, at the
-  highest resolution) recompute (``checkpoint_share=0.5``), ``darts-lean-quarter`` the first quarter, ``darts-lean-fifth`` the first fifth;
+  DARTS run; ``darts-lean-half`` / ``-quarter`` / ``-fifth``: only that share of the edges, the
+  first ones (the first cells, at the highest resolution), recompute (``checkpoint_share``);
 - ``proxyless-cell`` / ``proxyless-mobile``: the plugin's ``proxyless`` against
   ``nni.nas.strategy.Proxyless`` on ``darts_cell`` / ``proxyless_mobile``.
 
@@ -59,23 +59,19 @@ ALGOS = {
     "darts": {"space": "darts_cell", "plugin": ("darts", {}), "nni": "DARTS"},
     "pcdarts": {"space": "darts_cell", "plugin": ("darts", {"partial_channels": 4, "edge_norm": True}), "nni": "DARTS"},
     "darts-lean": {"space": "darts_cell", "plugin": ("darts", {"checkpoint_edges": True}), "nni": "DARTS"},
-    "darts-lean-half": {"space": "darts_cell", "plugin": ("darts", {"checkpoint_edges": True, "checkpoint_share": 0.5}),
-                        "nni": "DARTS"},
-    "darts-lean-quarter": {"space": "darts_cell",
-                           "plugin": ("darts", {"checkpoint_edges": True, "checkpoint_share": 0.25}), "nni": "DARTS"},
-    "darts-lean-fifth": {"space": "darts_cell",
-                         "plugin": ("darts", {"checkpoint_edges": True, "checkpoint_share": 0.2}), "nni": "DARTS"},
     "pcdarts-lean": {"space": "darts_cell",
                      "plugin": ("darts", {"partial_channels": 4, "edge_norm": True, "checkpoint_edges": True}),
                      "nni": "DARTS"},
     "proxyless-cell": {"space": "darts_cell", "plugin": ("proxyless", {}), "nni": "Proxyless"},
     "proxyless-mobile": {"space": "proxyless_mobile", "plugin": ("proxyless", {}), "nni": "Proxyless"},
 }
-# PC-DARTS is compared with the NNI DARTS run of its repeat: NNI has no partial channels.
-NNI_RUN_OF = {"darts": "darts", "pcdarts": "darts", "darts-lean": "darts", "darts-lean-half": "darts",
-              "darts-lean-quarter": "darts", "darts-lean-fifth": "darts", "pcdarts-lean": "darts",
-              "proxyless-cell": "proxyless-cell",
-              "proxyless-mobile": "proxyless-mobile"}
+# DARTS with only the first share of the edges recomputing.
+for _name, _share in (("half", 0.5), ("quarter", 0.25), ("fifth", 0.2)):
+    ALGOS[f"darts-lean-{_name}"] = {"space": "darts_cell", "nni": "DARTS",
+                                    "plugin": ("darts", {"checkpoint_edges": True, "checkpoint_share": _share})}
+# Every DARTS variant is compared with the NNI DARTS run of its repeat (PC-DARTS too: NNI has no
+# partial channels).
+NNI_RUN_OF = {algo: "darts" if spec["nni"] == "DARTS" else algo for algo, spec in ALGOS.items()}
 
 PRESETS = {
     # The DARTS paper's search network (8 cells, C=16, batch 64, CIFAR-shaped inputs).

@@ -110,24 +110,13 @@ class MixedOp(ChoiceModule):
         return F.softmax(self.alpha, dim=-1)
 
     def _mix(self, part: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        if self.fused:
-            return self._mix_fused(part, w)
-        out = None
-        for i, op in enumerate(self.candidates):
-            if self.zero[i]:
-                continue
-            y = op(part) * w[i]
-            out = y if out is None else out + y
-        return out
-
-    def _mix_fused(self, part: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         out = None
         relu = None
         for i, op in enumerate(self.candidates):
             if self.zero[i]:
                 continue
-            chain = _unrolled(op)
-            if chain is None:  # not a plain chain (or hooked): run it whole
+            chain = _unrolled(op) if self.fused else None
+            if chain is None:  # the reference, or not a plain chain (or hooked): run it whole
                 y = op(part) * w[i]
             else:
                 h = part
