@@ -11,6 +11,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from nni_visplugin.fastconv import disable_fast_depthwise, enable_fast_depthwise
+
 __all__ = ["evaluate", "train_from_scratch", "check_finite", "memory_format", "to_layout"]
 
 _logger = logging.getLogger(__name__)
@@ -73,6 +75,17 @@ def train_from_scratch(model: nn.Module, loader: Iterable, epochs: int, *, lr: f
     if warmup_epochs < 0 or (warmup_epochs and warmup_epochs >= epochs):
         raise ValueError(f"warmup_epochs must be in [0, epochs), got {warmup_epochs} for {epochs} epochs")
     model.to(device, memory_format=memory_format(device)).train()
+    enable_fast_depthwise(model)  # CPU only; undone below, so the caller gets plain convolutions back
+    try:
+        return _train(model, loader, epochs, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                      label_smoothing=label_smoothing, grad_clip=grad_clip, device=device, on_epoch=on_epoch,
+                      warmup_epochs=warmup_epochs, augment=augment, on_record=on_record)
+    finally:
+        disable_fast_depthwise(model)
+
+
+def _train(model, loader, epochs, *, lr, momentum, weight_decay, label_smoothing, grad_clip, device, on_epoch,
+           warmup_epochs, augment, on_record) -> list[float]:
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=True)
     if warmup_epochs:
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: _warmup_cosine(e, warmup_epochs, epochs))

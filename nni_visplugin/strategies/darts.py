@@ -34,6 +34,7 @@ from nni_visplugin.supernet import (alpha_entropy, alpha_snapshot, arch_paramete
                                     enable_checkpointing, enable_edge_normalization, enable_partial_channels,
                                     mixed_input_hook, mixed_op_hook, op_alphas, reject_unsupported_hook,
                                     select_inputs_by_perturbation, set_aux_skip)
+from nni_visplugin.fastconv import enable_fast_depthwise
 from nni_visplugin.training import check_finite, evaluate, memory_format, to_layout
 
 __all__ = ["OneShotConfig", "DartsConfig", "DartsStrategy", "SearchOutcome", "unrolled_arch_gradient"]
@@ -283,6 +284,7 @@ class DartsStrategy(OneShotStrategy):
             enable_edge_normalization(supernet)
         if getattr(self.config, "checkpoint_edges", False):
             enable_checkpointing(supernet, getattr(self.config, "checkpoint_share", 1.0))
+        enable_fast_depthwise(supernet)
         return supernet
 
     # ----------------------------------------------------------------- the search
