@@ -92,6 +92,8 @@ class MixedOp(ChoiceModule):
         self.partial = 1
         self.aux_skip = 0.0
         self.checkpoint = False
+        # Candidates taken out of the edge (perturbation-based selection): they add nothing.
+        self.removed: frozenset[int] = frozenset()
 
     def make_partial(self, k: int, channels: int) -> None:
         """Rebuild the candidates at ``channels // k`` channels (they must offer ``at_width``)."""
@@ -113,7 +115,7 @@ class MixedOp(ChoiceModule):
         out = None
         relu = None
         for i, op in enumerate(self.candidates):
-            if self.zero[i]:
+            if self.zero[i] or i in self.removed:
                 continue
             chain = _unrolled(op) if self.fused else None
             if chain is None:  # the reference, or not a plain chain (or hooked): run it whole
@@ -383,6 +385,78 @@ def select_inputs_by_perturbation(supernet: nn.Module, batches: Sequence[tuple[t
     finally:
         for modules in nodes.values():
             drop(modules, frozenset())
+        supernet.train(was_training)
+    return sample, trace
+
+
+@torch.no_grad()
+def select_ops_by_perturbation(supernet: nn.Module, batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
+                               sample: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Choose the operation of every kept edge by how much the supernet needs it (perturbation).
+
+    The operation selection of DARTS-PT (Wang et al., ICLR 2021, section 4, Algorithm 1), without
+    its fine-tuning between decisions: on each edge the operation whose removal costs the supernet
+    the most accuracy on ``batches`` is kept (ties: the highest loss, then the first candidate),
+    not the one with the largest alpha, which the paper shows favours parameter-free operations.
+    The nodes' inputs are those of ``sample`` (decided before, by alpha or by
+    :func:`select_inputs_by_perturbation`), and the edges they leave out stay out while the
+    operations are measured; only the edges kept are decided. Returns the new sample and what was
+    measured: per edge, the accuracy and loss without each candidate.
+    """
+    ops, inputs = _choices(supernet)
+    edges: dict[str, list[MixedOp]] = {}
+    for m in supernet.modules():
+        if isinstance(m, MixedOp):
+            edges.setdefault(m.label, []).append(m)
+    kept, referenced = set(), set()
+    drops: list[tuple[MixedInput, frozenset[int]]] = []
+    for m in supernet.modules():
+        if isinstance(m, MixedInput) and m.edge_labels:
+            chosen = set(sample[m.label])
+            referenced.update(m.edge_labels)
+            kept.update(e for i, e in enumerate(m.edge_labels) if i in chosen)
+            drops.append((m, frozenset(range(m.n_candidates)) - chosen))
+    decide = [label for label in edges if label in kept or label not in referenced]
+    was_training = supernet.training
+    supernet.eval()
+
+    def measure() -> tuple[float, float]:
+        correct, loss, total = 0, 0.0, 0
+        for x, y in batches:
+            logits = supernet(x)
+            correct += int((logits.argmax(1) == y).sum())
+            loss += float(F.cross_entropy(logits, y, reduction="sum"))
+            total += y.numel()
+        return correct / total, loss / total
+
+    sample = dict(sample)
+    trace: dict[str, Any] = {}
+    try:
+        for m, dropped in drops:
+            m.dropped = dropped
+        for label in decide:
+            modules = edges[label]
+            scores = {}
+            for i, name in enumerate(modules[0].names):
+                if modules[0].zero[i]:
+                    continue
+                for m in modules:
+                    m.removed = frozenset({i})
+                scores[i] = measure()
+            for m in modules:
+                m.removed = frozenset()
+            if len(scores) > 1:  # an edge with a single non-zero candidate keeps it
+                best = min(scores, key=lambda i: (scores[i][0], -scores[i][1], i))
+                sample[label] = modules[0].names[best]
+            trace[label] = {"without": {str(modules[0].names[i]): {"accuracy": a, "loss": lo}
+                                        for i, (a, lo) in scores.items()},
+                            "kept": str(sample[label])}
+    finally:
+        for m, _ in drops:
+            m.dropped = frozenset()
+        for modules in edges.values():
+            for m in modules:
+                m.removed = frozenset()
         supernet.train(was_training)
     return sample, trace
 

@@ -1,4 +1,5 @@
-"""Perturbation-based choice of the nodes' inputs (DARTS-PT's topology selection), against its definition."""
+"""Perturbation-based choice of the nodes' inputs and of the edges' operations (DARTS-PT's topology and
+operation selection), against their definitions."""
 from __future__ import annotations
 
 import pytest
@@ -8,7 +9,7 @@ from nni_visplugin import create_space
 from nni_visplugin.data import TensorLoader
 from nni_visplugin.strategies.darts import DartsConfig, DartsStrategy
 from nni_visplugin.supernet import (MixedInput, MixedOp, arch_parameters, derive_architecture,
-                                    select_inputs_by_perturbation)
+                                    select_inputs_by_perturbation, select_ops_by_perturbation)
 
 from spaces_helpers import tiny_kwargs  # noqa: E402
 
@@ -148,7 +149,134 @@ def test_search_with_perturbation_topology_is_recorded_and_reproducible(tiny_ima
 
 
 @pytest.mark.parametrize("bad, message", [({"topology": "random"}, "topology must be alpha or perturbation"),
+                                          ({"operations": "size"}, "operations must be alpha or perturbation"),
                                           ({"perturbation_images": 0}, "perturbation_images must be >= 1")])
 def test_bad_topology_settings_are_refused(bad, message):
     with pytest.raises(ValueError, match=message):
         DartsConfig(**bad)
+
+
+def _reference_ops(supernet, batches, sample):
+    """The operation rule written out independently: the edges the sample leaves out and the
+    candidate being tried are removed by forward hooks that output zeros."""
+    kept = set()
+    for m in supernet.modules():
+        if isinstance(m, MixedInput) and m.edge_labels:
+            kept.update(e for i, e in enumerate(m.edge_labels) if i in sample[m.label])
+    trying: dict[str, int] = {}
+    hooks = []
+    for m in supernet.modules():
+        if isinstance(m, MixedOp):
+            hooks.append(m.register_forward_hook(
+                lambda mod, args, out: out if mod.label in kept else torch.zeros_like(out)))
+            for i, op in enumerate(m.candidates):
+                hooks.append(op.register_forward_hook(
+                    lambda mod, args, out, label=m.label, i=i: torch.zeros_like(out) if trying.get(label) == i else out))
+
+    def score():
+        logits = torch.cat([supernet(x) for x, _ in batches])
+        y = torch.cat([y for _, y in batches])
+        return float((logits.argmax(1) == y).double().mean()), float(torch.nn.functional.cross_entropy(logits, y))
+
+    chosen, measured = {}, {}
+    supernet.eval()
+    try:
+        with torch.no_grad():
+            for label in sorted(kept):
+                edge = next(m for m in supernet.modules() if isinstance(m, MixedOp) and m.label == label)
+                scores = {}
+                for i, name in enumerate(edge.names):
+                    if not edge.zero[i]:
+                        trying[label] = i
+                        scores[name] = score()
+                trying.clear()
+                measured[label] = scores
+                chosen[label] = min(scores, key=lambda n: (scores[n][0], -scores[n][1], edge.names.index(n)))
+    finally:
+        for h in hooks:
+            h.remove()
+    return chosen, measured
+
+
+@pytest.mark.parametrize("edge_norm", [False, True])
+def test_operations_are_chosen_by_the_removal_rule(edge_norm):
+    supernet = _supernet(edge_norm)
+    batches = _batches()
+    sample, _ = select_inputs_by_perturbation(supernet, batches, derive_architecture(supernet))
+    supernet.eval()
+    with torch.no_grad():
+        before = supernet(batches[0][0])
+    new, trace = select_ops_by_perturbation(supernet, batches, sample)
+    chosen, measured = _reference_ops(supernet, batches, sample)
+
+    assert set(trace) == set(chosen) and len(chosen) == 2 * (2 + 2 + 2)  # two kept edges per node, 2 cells
+    for label, name in chosen.items():
+        assert new[label] == name == trace[label]["kept"]
+        for op, (acc, loss) in measured[label].items():
+            assert trace[label]["without"][op]["accuracy"] == pytest.approx(acc, abs=1e-12)
+            assert trace[label]["without"][op]["loss"] == pytest.approx(loss, rel=1e-9)
+    # Edges left out keep alpha's operation (they are not in the network); inputs are untouched;
+    # the supernet is intact afterwards.
+    assert {k: v for k, v in new.items() if "/input_" in k} == {k: v for k, v in sample.items() if "/input_" in k}
+    assert all(new[k] == sample[k] for k in new if "/op_" in k and k not in chosen)
+    assert all(not m.removed for m in supernet.modules() if isinstance(m, MixedOp))
+    assert all(not m.dropped for m in supernet.modules() if isinstance(m, MixedInput))
+    with torch.no_grad():
+        assert torch.equal(supernet(batches[0][0]), before)
+
+
+def test_an_operation_the_prediction_rests_on_is_kept_where_alpha_drops_it():
+    """The case DARTS-PT's rule exists for: the candidate with the smallest alpha is the only one on
+    its edge with an output, and the prediction rests on it, so it is the one the supernet cannot do
+    without."""
+    supernet = _supernet(edge_norm=False)
+    key = "normal/op_1_0"  # an edge of node 1, kept below
+    edges = [m for m in supernet.modules() if isinstance(m, MixedOp) and m.label == key]
+    conv = edges[0].names.index("sep_conv_3x3")
+    with torch.no_grad():
+        alpha = arch_parameters(supernet)[key]
+        alpha.copy_(torch.ones_like(alpha))
+        alpha[conv] = -1.0  # the weakest candidate by alpha
+    hooks = [op.register_forward_hook(lambda mod, args, out, keep=(i == conv): 5e4 * out if keep else 0 * out)
+             for m in edges for i, op in enumerate(m.candidates)]
+    sample = derive_architecture(supernet)
+    sample["normal/input_1"] = [0, 1]
+    inputs = [m for m in supernet.modules() if isinstance(m, MixedInput) and m.edge_labels]
+    try:
+        # Labels: the supernet's own predictions, with the edges the sample leaves out taken out
+        # (as they are while the operations are measured).
+        supernet.eval()
+        for m in inputs:
+            m.dropped = frozenset(range(m.n_candidates)) - set(sample[m.label])
+        with torch.no_grad():
+            batches = [(x, supernet(x).argmax(1)) for x, _ in _batches()]
+        for m in inputs:
+            m.dropped = frozenset()
+        new, trace = select_ops_by_perturbation(supernet, batches, sample)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert sample[key] != "sep_conv_3x3" and new[key] == "sep_conv_3x3"
+    without = trace[key]["without"]
+    assert without["sep_conv_3x3"]["accuracy"] < 1.0
+    assert all(v["accuracy"] == 1.0 for n, v in without.items() if n != "sep_conv_3x3")
+
+
+def test_search_with_perturbation_operations_is_recorded_and_reproducible(tiny_images):
+    x, y = tiny_images
+
+    def search():
+        torch.manual_seed(0)
+        space = create_space("darts_cell", **{**tiny_kwargs("darts_cell"), "num_nodes": 3})
+        strategy = DartsStrategy(epochs=2, topology="perturbation", operations="perturbation", perturbation_images=40)
+        loader = TensorLoader(x, y, batch_size=16, shuffle=True, seed=0)
+        return strategy.search(space, loader, TensorLoader(x, y, batch_size=16, shuffle=True, seed=1))
+
+    first, second = search(), search()
+    assert first.arch == second.arch
+    record = first.history[-1]["perturbation"]
+    assert set(record) == {"images", "nodes", "edges", "seconds"}
+    kept = {m.edge_labels[i] for m in first.supernet.modules() if isinstance(m, MixedInput) and m.edge_labels
+            for i in first.arch[m.label]}
+    assert set(record["edges"]) == kept
+    assert all(first.arch[label] == r["kept"] for label, r in record["edges"].items())

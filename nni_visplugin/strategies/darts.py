@@ -33,7 +33,7 @@ from nni_visplugin.registry import register_strategy
 from nni_visplugin.supernet import (alpha_entropy, alpha_snapshot, arch_parameters, count_skips, derive_architecture,
                                     enable_checkpointing, enable_edge_normalization, enable_partial_channels,
                                     mixed_input_hook, mixed_op_hook, op_alphas, reject_unsupported_hook,
-                                    select_inputs_by_perturbation, set_aux_skip)
+                                    select_inputs_by_perturbation, select_ops_by_perturbation, set_aux_skip)
 from nni_visplugin.fastconv import enable_fast_depthwise
 from nni_visplugin.training import check_finite, evaluate, memory_format, to_layout
 
@@ -127,9 +127,12 @@ class DartsConfig(OneShotConfig):
     # How the nodes' incoming edges are chosen at the end: "alpha", DARTS's rule (the edges whose
     # strongest operation weighs most), or "perturbation", DARTS-PT's topology selection (Wang et
     # al., ICLR 2021; without its fine-tuning): the edges whose removal costs the supernet most
-    # accuracy on perturbation_images images of the architecture split. The operations on the
-    # edges are chosen by alpha either way.
+    # accuracy on perturbation_images images of the architecture split.
     topology: str = "alpha"
+    # How each kept edge's operation is chosen: "alpha" (DARTS: the largest weight other than
+    # none) or "perturbation" (DARTS-PT's operation selection, without its fine-tuning): the
+    # operation whose removal costs the supernet most accuracy on those images.
+    operations: str = "alpha"
     perturbation_images: int = 1000
 
     def __post_init__(self) -> None:
@@ -138,6 +141,8 @@ class DartsConfig(OneShotConfig):
             raise ValueError(f"checkpoint_share must be in (0, 1], got {self.checkpoint_share}")
         if self.topology not in ("alpha", "perturbation"):
             raise ValueError(f"topology must be alpha or perturbation, got {self.topology!r}")
+        if self.operations not in ("alpha", "perturbation"):
+            raise ValueError(f"operations must be alpha or perturbation, got {self.operations!r}")
         if self.perturbation_images < 1:
             raise ValueError(f"perturbation_images must be >= 1, got {self.perturbation_images}")
         if self.checkpoint_edges and self.order == 2:
@@ -398,14 +403,15 @@ class DartsStrategy(OneShotStrategy):
                 break
 
         arch = self.derive(supernet)
-        if getattr(cfg, "topology", "alpha") == "perturbation" and history:
-            arch = self._perturbation_topology(supernet, arch, train_a, device, history[-1])
+        if history and "perturbation" in (getattr(cfg, "topology", "alpha"), getattr(cfg, "operations", "alpha")):
+            arch = self._perturbation_selection(supernet, arch, train_a, device, history[-1])
         self.outcome = SearchOutcome(arch=arch, history=history, supernet=supernet)
         return self.outcome
 
-    def _perturbation_topology(self, supernet: nn.Module, arch: dict[str, Any], train_a: Iterable,
-                               device: torch.device | str, record: dict[str, Any]) -> dict[str, Any]:
-        """The nodes' inputs chosen by perturbation on the first images of the architecture split."""
+    def _perturbation_selection(self, supernet: nn.Module, arch: dict[str, Any], train_a: Iterable,
+                                device: torch.device | str, record: dict[str, Any]) -> dict[str, Any]:
+        """The nodes' inputs, then the kept edges' operations, chosen by perturbation (as configured)
+        on the first images of the architecture split."""
         start = time.perf_counter()
         batches, n = [], 0
         for x, y in train_a:
@@ -413,11 +419,17 @@ class DartsStrategy(OneShotStrategy):
             n += y.numel()
             if n >= self.config.perturbation_images:
                 break
-        arch, trace = select_inputs_by_perturbation(supernet, batches, arch)
+        measured: dict[str, Any] = {"images": n}
+        if self.config.topology == "perturbation":
+            arch, measured["nodes"] = select_inputs_by_perturbation(supernet, batches, arch)
+        if self.config.operations == "perturbation":
+            arch, measured["edges"] = select_ops_by_perturbation(supernet, batches, arch)
+        measured["seconds"] = time.perf_counter() - start
         record["arch"] = arch
-        record["perturbation"] = {"images": n, "seconds": time.perf_counter() - start, "nodes": trace}
-        _logger.info("%s: nodes' inputs chosen by perturbation on %d images (%.1f s)", self.name, n,
-                     record["perturbation"]["seconds"])
+        record["perturbation"] = measured
+        _logger.info("%s: %s chosen by perturbation on %d images (%.1f s)", self.name,
+                     " and ".join(w for w, k in (("nodes' inputs", "nodes"), ("operations", "edges")) if k in measured),
+                     n, measured["seconds"])
         return arch
 
     def _stop_reason(self, history: list[dict[str, Any]]) -> str | None:
