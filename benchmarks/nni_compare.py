@@ -207,12 +207,20 @@ def _darts_step_flops(supernet, batch, device: str) -> int:
     import torch.nn.functional as F
     from torch.utils.flop_counter import FlopCounterMode
 
+    from nni_visplugin.fastconv import disable_fast_depthwise, enable_fast_depthwise
+
     x, y = batch
     counter = FlopCounterMode(display=False)
     params = [p for p in supernet.parameters() if p.requires_grad]
-    with counter:
-        loss = F.cross_entropy(supernet(x.to(device)), y.to(device))
-        torch.autograd.grad(loss, params, allow_unused=True)
+    # The fast depthwise backward does more multiply-adds than it needs (zero-padded blocks): the
+    # useful work is the plain convolutions' (the same count for both sides).
+    disable_fast_depthwise(supernet)
+    try:
+        with counter:
+            loss = F.cross_entropy(supernet(x.to(device)), y.to(device))
+            torch.autograd.grad(loss, params, allow_unused=True)
+    finally:
+        enable_fast_depthwise(supernet)
     return 2 * int(counter.get_total_flops())
 
 

@@ -328,6 +328,18 @@ def derive_architecture(supernet: nn.Module) -> dict[str, Any]:
     return sample
 
 
+def _accuracy_and_loss(supernet: nn.Module,
+                       batches: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> tuple[float, float]:
+    """Accuracy and mean cross-entropy of ``supernet`` on ``batches`` (called under ``no_grad``)."""
+    correct, loss, total = 0, 0.0, 0
+    for x, y in batches:
+        logits = supernet(x)
+        correct += int((logits.argmax(1) == y).sum())
+        loss += float(F.cross_entropy(logits, y, reduction="sum"))
+        total += y.numel()
+    return correct / total, loss / total
+
+
 @torch.no_grad()
 def select_inputs_by_perturbation(supernet: nn.Module, batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
                                   sample: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -349,15 +361,6 @@ def select_inputs_by_perturbation(supernet: nn.Module, batches: Sequence[tuple[t
     was_training = supernet.training
     supernet.eval()
 
-    def measure() -> tuple[float, float]:
-        correct, loss, total = 0, 0.0, 0
-        for x, y in batches:
-            logits = supernet(x)
-            correct += int((logits.argmax(1) == y).sum())
-            loss += float(F.cross_entropy(logits, y, reduction="sum"))
-            total += y.numel()
-        return correct / total, loss / total
-
     def drop(modules: list[MixedInput], edges: frozenset[int]) -> None:
         for m in modules:
             m.dropped = edges
@@ -374,7 +377,7 @@ def select_inputs_by_perturbation(supernet: nn.Module, batches: Sequence[tuple[t
                 for i in range(n):
                     if i not in dropped:
                         drop(modules, dropped | {i})
-                        scores[i] = measure()
+                        scores[i] = _accuracy_and_loss(supernet, batches)
                 removed = max(scores, key=lambda i: (scores[i][0], -scores[i][1], i))
                 rounds.append({"without": {str(i): {"accuracy": a, "loss": lo} for i, (a, lo) in scores.items()},
                                "removed": removed})
@@ -420,15 +423,6 @@ def select_ops_by_perturbation(supernet: nn.Module, batches: Sequence[tuple[torc
     was_training = supernet.training
     supernet.eval()
 
-    def measure() -> tuple[float, float]:
-        correct, loss, total = 0, 0.0, 0
-        for x, y in batches:
-            logits = supernet(x)
-            correct += int((logits.argmax(1) == y).sum())
-            loss += float(F.cross_entropy(logits, y, reduction="sum"))
-            total += y.numel()
-        return correct / total, loss / total
-
     sample = dict(sample)
     trace: dict[str, Any] = {}
     try:
@@ -442,7 +436,7 @@ def select_ops_by_perturbation(supernet: nn.Module, batches: Sequence[tuple[torc
                     continue
                 for m in modules:
                     m.removed = frozenset({i})
-                scores[i] = measure()
+                scores[i] = _accuracy_and_loss(supernet, batches)
             for m in modules:
                 m.removed = frozenset()
             if len(scores) > 1:  # an edge with a single non-zero candidate keeps it

@@ -35,17 +35,19 @@ def _batches():
             for _ in range(2)]
 
 
+def _score(supernet, batches):
+    """Accuracy and mean loss of the supernet on all the batches, computed in one piece."""
+    logits = torch.cat([supernet(x) for x, _ in batches])
+    y = torch.cat([y for _, y in batches])
+    return float((logits.argmax(1) == y).double().mean()), float(torch.nn.functional.cross_entropy(logits, y))
+
+
 def _reference(supernet, batches):
     """The rule written out independently: an edge is removed by making its mixed operation output
     zeros (forward hooks), and the accuracy and loss are recomputed from scratch."""
     removed_edges: set[str] = set()
     hooks = [m.register_forward_hook(lambda mod, args, out: torch.zeros_like(out) if mod.label in removed_edges else out)
              for m in supernet.modules() if isinstance(m, MixedOp)]
-
-    def score():
-        logits = torch.cat([supernet(x) for x, _ in batches])
-        y = torch.cat([y for _, y in batches])
-        return float((logits.argmax(1) == y).double().mean()), float(torch.nn.functional.cross_entropy(logits, y))
 
     nodes = {}
     for m in supernet.modules():
@@ -62,7 +64,7 @@ def _reference(supernet, batches):
                     scores = {}
                     for i in left:
                         removed_edges.add(m.edge_labels[i])
-                        scores[i] = score()
+                        scores[i] = _score(supernet, batches)
                         removed_edges.discard(m.edge_labels[i])
                     best = max(left, key=lambda i: (scores[i][0], -scores[i][1], i))
                     removals[label].append((best, scores))
@@ -173,11 +175,6 @@ def _reference_ops(supernet, batches, sample):
                 hooks.append(op.register_forward_hook(
                     lambda mod, args, out, label=m.label, i=i: torch.zeros_like(out) if trying.get(label) == i else out))
 
-    def score():
-        logits = torch.cat([supernet(x) for x, _ in batches])
-        y = torch.cat([y for _, y in batches])
-        return float((logits.argmax(1) == y).double().mean()), float(torch.nn.functional.cross_entropy(logits, y))
-
     chosen, measured = {}, {}
     supernet.eval()
     try:
@@ -188,7 +185,7 @@ def _reference_ops(supernet, batches, sample):
                 for i, name in enumerate(edge.names):
                     if not edge.zero[i]:
                         trying[label] = i
-                        scores[name] = score()
+                        scores[name] = _score(supernet, batches)
                 trying.clear()
                 measured[label] = scores
                 chosen[label] = min(scores, key=lambda n: (scores[n][0], -scores[n][1], edge.names.index(n)))
