@@ -2,7 +2,7 @@
 
 On CPU, oneDNN computes the forward pass of every depthwise convolution quickly, and both gradients
 of an undilated 3x3 one, but the gradients of the 5x5 and the dilated kernels of the DARTS
-candidates (``sep_conv_5x5``, ``dil_conv_3x3``, ``dil_conv_5x5``) take 5 to 150 times as long as
+candidates (``sep_conv_5x5``, ``dil_conv_3x3``, ``dil_conv_5x5``) take up to 150 times as long as
 their forward pass, the strided ones of the reduction cells most (BENCHMARKS.md). Here they are
 computed from the fast kernels only:
 
