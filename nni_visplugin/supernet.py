@@ -406,7 +406,6 @@ def select_ops_by_perturbation(supernet: nn.Module, batches: Sequence[tuple[torc
     operations are measured; only the edges kept are decided. Returns the new sample and what was
     measured: per edge, the accuracy and loss without each candidate.
     """
-    ops, inputs = _choices(supernet)
     edges: dict[str, list[MixedOp]] = {}
     for m in supernet.modules():
         if isinstance(m, MixedOp):
@@ -431,8 +430,8 @@ def select_ops_by_perturbation(supernet: nn.Module, batches: Sequence[tuple[torc
         for label in decide:
             modules = edges[label]
             scores = {}
-            for i, name in enumerate(modules[0].names):
-                if modules[0].zero[i]:
+            for i, zero in enumerate(modules[0].zero):
+                if zero:
                     continue
                 for m in modules:
                     m.removed = frozenset({i})
