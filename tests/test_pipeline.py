@@ -144,6 +144,20 @@ def test_shipped_pipeline_config_is_valid(tmp_path):
     assert check_experiment(exp) == []
 
 
+def test_gpu_pipeline_config_differs_from_the_cpu_one_only_in_where_it_runs():
+    """The GPU row of RESULTS.md must be the same pipeline: same space, searches, tuner and recipe."""
+    from nni_visplugin.check import check_experiment
+
+    cpu = yaml.safe_load((REPO / "experiments" / "fashion_mnist.yml").read_text())
+    gpu = yaml.safe_load((REPO / "experiments" / "fashion_mnist_gpu.yml").read_text())
+    assert check_experiment(REPO / "experiments" / "fashion_mnist_gpu.yml") == []
+    assert gpu["pipeline"].pop("out") != cpu["pipeline"].pop("out")
+    assert gpu["pipeline"] == cpu["pipeline"]
+    assert (gpu["experiment"].pop("trialConcurrency"), cpu["experiment"].pop("trialConcurrency")) == (6, 2)
+    assert gpu["experiment"].pop("experimentName") != cpu["experiment"].pop("experimentName")
+    assert gpu["experiment"] == cpu["experiment"]
+
+
 def test_check_reads_pipeline_configs(tmp_path):
     """`nni-visplugin check` takes a pipeline config as it is: its pipeline section and its experiment."""
     from nni_visplugin.check import check_experiment
