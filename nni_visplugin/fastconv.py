@@ -20,13 +20,15 @@ convolution as it is.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["depthwise_conv2d", "enable_fast_depthwise", "disable_fast_depthwise", "applies", "FastDepthwiseConv2d"]
+__all__ = ["depthwise_conv2d", "enable_fast_depthwise", "disable_fast_depthwise", "fast_depthwise", "applies",
+           "FastDepthwiseConv2d"]
 
 _ENV = "NNI_VISPLUGIN_FAST_DEPTHWISE"
 
@@ -191,3 +193,13 @@ def disable_fast_depthwise(module: nn.Module) -> None:
     for m in module.modules():
         if type(m) is FastDepthwiseConv2d:
             m.__class__ = nn.Conv2d
+
+
+@contextlib.contextmanager
+def fast_depthwise(module: nn.Module):
+    """:func:`enable_fast_depthwise` on ``module`` for the duration of the block, undone after it."""
+    enable_fast_depthwise(module)
+    try:
+        yield module
+    finally:
+        disable_fast_depthwise(module)

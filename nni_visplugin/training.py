@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from nni_visplugin.fastconv import disable_fast_depthwise, enable_fast_depthwise
+from nni_visplugin.fastconv import fast_depthwise
 
 __all__ = ["evaluate", "train_from_scratch", "check_finite", "memory_format", "to_layout"]
 
@@ -75,53 +75,43 @@ def train_from_scratch(model: nn.Module, loader: Iterable, epochs: int, *, lr: f
     if warmup_epochs < 0 or (warmup_epochs and warmup_epochs >= epochs):
         raise ValueError(f"warmup_epochs must be in [0, epochs), got {warmup_epochs} for {epochs} epochs")
     model.to(device, memory_format=memory_format(device)).train()
-    enable_fast_depthwise(model)  # CPU only; undone below, so the caller gets plain convolutions back
-    try:
-        return _train(model, loader, epochs, lr=lr, momentum=momentum, weight_decay=weight_decay,
-                      label_smoothing=label_smoothing, grad_clip=grad_clip, device=device, on_epoch=on_epoch,
-                      warmup_epochs=warmup_epochs, augment=augment, on_record=on_record)
-    finally:
-        disable_fast_depthwise(model)
-
-
-def _train(model, loader, epochs, *, lr, momentum, weight_decay, label_smoothing, grad_clip, device, on_epoch,
-           warmup_epochs, augment, on_record) -> list[float]:
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=True)
-    if warmup_epochs:
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: _warmup_cosine(e, warmup_epochs, epochs))
-    else:
-        # Kept as it was before warm-up existed, so the search's final training is unchanged.
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs))
-    losses = []
-    for epoch in range(epochs):
-        start = time.perf_counter()
-        epoch_lr = opt.param_groups[0]["lr"]
-        total, correct, n = 0.0, 0, 0
-        for step, (x, y) in enumerate(loader):
-            x, y = x.to(device), y.to(device)
-            if augment is not None:
-                x = augment(x)
-            x = to_layout(x, device)
-            logits = model(x)
-            loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
-            check_finite(loss, f"retraining epoch {epoch} step {step}")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            opt.step()
-            total += loss.item() * y.numel()
-            correct += (logits.argmax(1) == y).sum().item()
-            n += y.numel()
-        sched.step()
-        losses.append(total / max(n, 1))
-        if on_epoch is not None:
-            on_epoch(epoch, losses[-1])
-        if on_record is not None:
-            on_record({"epoch": epoch, "train_loss": losses[-1], "train_accuracy": correct / max(n, 1),
-                       "lr": epoch_lr, "seconds": time.perf_counter() - start})
-    if losses and not math.isfinite(losses[-1]):
-        raise FloatingPointError("training ended with a non-finite loss")
-    return losses
+    with fast_depthwise(model):  # CPU only; the caller gets plain convolutions back
+        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=True)
+        if warmup_epochs:
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: _warmup_cosine(e, warmup_epochs, epochs))
+        else:
+            # Kept as it was before warm-up existed, so the search's final training is unchanged.
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs))
+        losses = []
+        for epoch in range(epochs):
+            start = time.perf_counter()
+            epoch_lr = opt.param_groups[0]["lr"]
+            total, correct, n = 0.0, 0, 0
+            for step, (x, y) in enumerate(loader):
+                x, y = x.to(device), y.to(device)
+                if augment is not None:
+                    x = augment(x)
+                x = to_layout(x, device)
+                logits = model(x)
+                loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+                check_finite(loss, f"retraining epoch {epoch} step {step}")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+                opt.step()
+                total += loss.item() * y.numel()
+                correct += (logits.argmax(1) == y).sum().item()
+                n += y.numel()
+            sched.step()
+            losses.append(total / max(n, 1))
+            if on_epoch is not None:
+                on_epoch(epoch, losses[-1])
+            if on_record is not None:
+                on_record({"epoch": epoch, "train_loss": losses[-1], "train_accuracy": correct / max(n, 1),
+                           "lr": epoch_lr, "seconds": time.perf_counter() - start})
+        if losses and not math.isfinite(losses[-1]):
+            raise FloatingPointError("training ended with a non-finite loss")
+        return losses
 
 
 def _warmup_cosine(epoch: int, warmup: int, epochs: int) -> float:

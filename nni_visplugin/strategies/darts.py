@@ -29,12 +29,12 @@ from nni.nas.oneshot.pytorch.strategy import OneShotStrategy, no_default_hook
 from nni.nas.space import RawFormatModelSpace
 
 from nni_visplugin.checkpoint import CheckpointError, SearchCheckpoints, rng_state, set_rng_state
+from nni_visplugin.fastconv import enable_fast_depthwise
 from nni_visplugin.registry import register_strategy
 from nni_visplugin.supernet import (alpha_entropy, alpha_snapshot, arch_parameters, count_skips, derive_architecture,
                                     enable_checkpointing, enable_edge_normalization, enable_partial_channels,
                                     mixed_input_hook, mixed_op_hook, op_alphas, reject_unsupported_hook,
                                     select_inputs_by_perturbation, select_ops_by_perturbation, set_aux_skip)
-from nni_visplugin.fastconv import enable_fast_depthwise
 from nni_visplugin.training import check_finite, evaluate, memory_format, to_layout
 
 __all__ = ["OneShotConfig", "DartsConfig", "DartsStrategy", "SearchOutcome", "unrolled_arch_gradient"]
