@@ -146,6 +146,20 @@ def test_retraining_uses_it_and_hands_back_plain_convolutions(monkeypatch):
     assert not any(type(m) is FastDepthwiseConv2d for m in model.modules())
 
 
+def test_plain_convolutions_come_back_when_training_fails():
+    """The swap is undone even when the block raises (a non-finite loss stops the retraining)."""
+    model = nn.Sequential(nn.Conv2d(2, 2, 5, 1, 2, groups=2, bias=False), nn.Flatten(), nn.Linear(72, 3))
+    with pytest.raises(RuntimeError, match="stop"):
+        with fastconv.fast_depthwise(model):
+            assert type(model[0]) is FastDepthwiseConv2d
+            raise RuntimeError("stop")
+    assert type(model[0]) is nn.Conv2d
+    x, y = torch.full((4, 2, 6, 6), float("nan")), torch.zeros(4, dtype=torch.long)
+    with pytest.raises(FloatingPointError):
+        train_from_scratch(model, TensorLoader(x, y, 4, shuffle=False, seed=0), 1)
+    assert type(model[0]) is nn.Conv2d
+
+
 def test_evaluation_and_tracing_see_a_plain_convolution():
     conv = nn.Conv2d(4, 4, 5, 1, 2, groups=4, bias=False)
     model = nn.Sequential(conv)
