@@ -9,10 +9,11 @@ only the cell differs:
 - ``random-K``: every label of the space drawn uniformly at random with
   ``numpy.random.RandomState(K)``: the operation of each edge (any but ``none``, which the
   derivation never keeps either) and the two inputs of each node;
-- ``hand``: a cell written by hand in the spirit of MobileNet-style designs: in the normal cell each
-  node applies a 3x3 separable convolution to the two most recent states (a chain with a shortcut);
-  in the reduction cell each node max-pools one cell input and applies a 3x3 separable convolution
-  to the other.
+- ``hand``: a cell written by hand: in the normal cell each node applies a 3x3 convolution to the
+  two most recent states (a chain with a shortcut); in the reduction cell each node max-pools one
+  cell input and applies a 3x3 convolution to the other. The convolution is the dense ``conv_3x3``
+  when the space offers it (a ResNet-style cell), else the separable ``sep_conv_3x3`` (in the
+  spirit of MobileNet-style designs).
 
 Usage (after the pipeline, which wrote runs/fashion_mnist/search.json)::
 
@@ -65,6 +66,7 @@ def hand_arch(space: str, kwargs: dict) -> dict:
     import nni_visplugin.spaces  # noqa: F401
 
     labels = SPACES.create(space, **kwargs).simplify()
+    conv = "conv_3x3" if "conv_3x3" in kwargs.get("primitives", ()) else "sep_conv_3x3"
     arch: dict = {}
     for label in labels:
         cell, name = label.split("/")
@@ -74,7 +76,7 @@ def hand_arch(space: str, kwargs: dict) -> dict:
             arch[label] = [node, node + 1] if cell == "normal" else [0, 1]
         else:  # op_<node>_<input>
             src = name.split("_")[2]
-            arch[label] = "max_pool_3x3" if cell == "reduce" and src == "0" else "sep_conv_3x3"
+            arch[label] = "max_pool_3x3" if cell == "reduce" and src == "0" else conv
     return arch
 
 

@@ -62,6 +62,20 @@ def _check_data(config) -> str | None:
     return None
 
 
+def _check_space(config) -> str | None:
+    """Build the space once with its settings (at a stand-in image size): a bad value speaks now."""
+    from nni_visplugin.data import CHANNELS
+    from nni_visplugin.registry import SPACES, factory_parameters
+
+    data = {"in_channels": CHANNELS.get(config.dataset, 3), "image_size": 32, "num_classes": 10}
+    accepted = factory_parameters(SPACES.get(config.space))
+    try:
+        SPACES.create(config.space, **{**{k: v for k, v in data.items() if k in accepted}, **config.space_kwargs})
+    except (TypeError, ValueError) as exc:
+        return f"trialCommand: space {config.space} refuses its settings: {exc}"
+    return None
+
+
 def _check_latency_table(config) -> str | None:
     path = config.strategy_kwargs.get("latency_table")
     if not path:
@@ -189,7 +203,7 @@ def check_experiment(path: str | Path) -> list[str]:
         base = SearchConfig.create(fixed)
     except ConfigError as exc:
         return problems + [f"trialCommand: {exc}"]
-    for check in (_check_data, _check_latency_table):
+    for check in (_check_data, _check_space, _check_latency_table):
         if (problem := check(base)) is not None:
             problems.append(problem)
 

@@ -3,7 +3,8 @@
 A stack of normal and reduction cells. Each cell has two input states (the outputs of the two
 previous cells) and ``num_nodes`` intermediate nodes; node ``i`` may take its inputs from the two
 cell inputs and every earlier node, and keeps two of them (an ``InputChoice``). Every candidate
-edge is a ``LayerChoice`` over the eight DARTS primitives. All normal cells share one set of
+edge is a ``LayerChoice`` over the eight DARTS primitives (or the ``primitives`` given, which may
+add the dense ``conv_3x3`` and ``conv_1x1`` of NAS-Bench-201). All normal cells share one set of
 choices, all reduction cells another, as in the paper. The cell output concatenates the nodes.
 """
 from __future__ import annotations
@@ -18,11 +19,12 @@ from nni.nas.nn.pytorch.choice import ChosenInputs
 
 from nni_visplugin.registry import register_space
 
-from .ops import DARTS_PRIMITIVES, FactorizedReduce, ReLUConvBN, make_op
+from .ops import ALL_PRIMITIVES, DARTS_PRIMITIVES, FactorizedReduce, ReLUConvBN, make_op
 
-__all__ = ["DartsCellSpace", "PRIMITIVES"]
+__all__ = ["DartsCellSpace", "EXTRA_PRIMITIVES", "PRIMITIVES"]
 
 PRIMITIVES = tuple(DARTS_PRIMITIVES)
+EXTRA_PRIMITIVES = tuple(p for p in ALL_PRIMITIVES if p not in DARTS_PRIMITIVES)
 
 
 class _Node(nn.Module):
@@ -93,7 +95,8 @@ class DartsCellSpace(ModelSpace):
         pixels and cost about a quarter of the compute (as the ImageNet stems of DARTS do); worth it
         for 28x28 images on a CPU.
     primitives
-        Candidate operations per edge, a subset of :data:`PRIMITIVES`.
+        Candidate operations per edge: any of :data:`PRIMITIVES` (the paper's eight, the default)
+        and the dense convolutions of :data:`EXTRA_PRIMITIVES`.
     affine
         Learnable batch-norm scale and shift; off during search (paper, appendix A.1.1).
     """
@@ -103,9 +106,11 @@ class DartsCellSpace(ModelSpace):
                  primitives: tuple[str, ...] | list[str] = PRIMITIVES, affine: bool = False):
         super().__init__()
         primitives = tuple(primitives)
-        unknown = [p for p in primitives if p not in DARTS_PRIMITIVES]
+        unknown = [p for p in primitives if p not in ALL_PRIMITIVES]
         if unknown or not primitives:
-            raise ValueError(f"unknown primitive(s) {unknown} for darts_cell; known: {', '.join(PRIMITIVES)}")
+            raise ValueError(f"unknown primitive(s) {unknown} for darts_cell; known: {', '.join(ALL_PRIMITIVES)}")
+        if len(set(primitives)) != len(primitives):
+            raise ValueError(f"darts_cell: primitives repeat an operation: {list(primitives)}")
         for name, value, low in (("in_channels", in_channels, 1), ("image_size", image_size, 1),
                                  ("num_classes", num_classes, 2), ("width", width, 2), ("num_cells", num_cells, 1),
                                  ("num_nodes", num_nodes, 1), ("stem_multiplier", stem_multiplier, 1)):

@@ -106,12 +106,23 @@ DARTS_PRIMITIVES: dict[str, OpFactory] = {
 }
 
 
+# Dense convolutions, as in NAS-Bench-201's cell (Dong and Yang, ICLR 2020). Not among the DARTS
+# defaults; ``primitives`` may add them. A CPU runs a dense 3x3 convolution several times faster
+# per multiply-add than a depthwise one (BENCHMARKS.md, "Primitives on the CPU").
+EXTRA_PRIMITIVES: dict[str, OpFactory] = {
+    "conv_3x3": lambda c, stride, affine: ReLUConvBN(c, c, 3, stride, 1, affine),
+    "conv_1x1": lambda c, stride, affine: ReLUConvBN(c, c, 1, stride, 0, affine),
+}
+
+ALL_PRIMITIVES: dict[str, OpFactory] = {**DARTS_PRIMITIVES, **EXTRA_PRIMITIVES}
+
+
 def make_op(name: str, c: int, stride: int, affine: bool) -> nn.Module:
     """The primitive ``name`` at ``c`` channels, able to rebuild itself at another width.
 
     ``op.at_width(c2)`` returns a fresh ``name`` at ``c2`` channels with the same stride: partial
     channel connections (PC-DARTS) run each candidate on a fraction of the channels.
     """
-    op = DARTS_PRIMITIVES[name](c, stride, affine)
+    op = ALL_PRIMITIVES[name](c, stride, affine)
     op.at_width = functools.partial(make_op, name, stride=stride, affine=affine)
     return op

