@@ -4,7 +4,7 @@ For every primitive at the sizes of a retrained Fashion-MNIST network (width 16 
 the stride-2 stem, width 32 at 7x7 after the first reduction), one training step of the operation
 alone (forward and backward of a batch, channels-last, as the retraining runs it with the fast
 depthwise backward) is timed; the median of ``--repeats`` steps after one warm-up is reported with
-the operation's multiply-adds per image, parameters and multiply-adds per microsecond.
+the operation's multiply-adds per image, parameters and multiply-adds per second (the backward counted as twice the forward).
 
 Usage::
 
@@ -74,9 +74,9 @@ def main(argv: list[str] | None = None) -> int:
             macs = _macs(op, c, hw)
             rows.append({"primitive": name, "channels": c, "size": hw, "ms_per_step": round(seconds * 1000, 2),
                          "macs_per_image": macs, "params": sum(q.numel() for q in op.parameters()),
-                         "macs_per_us": round(3 * macs * args.batch / (seconds * 1e6), 1)})
+                         "gmac_per_s": round(3 * macs * args.batch / (seconds * 1e9), 1)})
             print(f"{c:3d}ch {hw:2d}x{hw:<2d} {name:13s} {seconds * 1000:7.2f} ms/step  {macs:8d} MAC/img  "
-                  f"{rows[-1]['params']:6d} params  {rows[-1]['macs_per_us']:7.1f} MAC/us (fwd+bwd = 3x)")
+                  f"{rows[-1]['params']:6d} params  {rows[-1]['gmac_per_s']:5.1f} GMAC/s (backward counted as 2x the forward)")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"command": " ".join(sys.argv), "threads": args.threads, "batch": args.batch,

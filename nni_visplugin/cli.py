@@ -177,7 +177,7 @@ def _cmd_retrain(args: argparse.Namespace) -> int:
     config = RetrainConfig(arch=args.arch, dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs,
                            seed=args.seed, width=args.width, cells=args.cells, batch_size=args.batch_size, lr=args.lr,
                            label_smoothing=args.label_smoothing, warmup_epochs=args.warmup_epochs,
-                           augment=args.augment, holdout_val=args.holdout_val,
+                           augment=args.augment, erase=args.erase, holdout_val=args.holdout_val,
                            max_train_samples=args.max_train_samples, image_size=args.image_size,
                            threads=args.threads, device=args.device, progress=not args.quiet)
     metrics = retrain(config, args.out)
@@ -204,7 +204,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_pipeline(args: argparse.Namespace) -> int:
     from nni_visplugin.pipeline import PipelineConfig, run_pipeline
 
-    run_pipeline(PipelineConfig.load(args.config, out=args.out, port=args.port))
+    run_pipeline(PipelineConfig.load(args.config, out=args.out, port=args.port, seeds=args.seeds, jobs=args.jobs,
+                                     threads=args.threads))
     return 0
 
 
@@ -257,9 +258,12 @@ def build_parser() -> argparse.ArgumentParser:
     ret.add_argument("--warmup-epochs", type=int, default=0, help="linear learning-rate warm-up before the cosine")
     ret.add_argument("--augment", choices=("auto", "none", "crop", "crop-flip"), default="auto",
                      help="auto: random crop, and horizontal flip except for digits")
+    ret.add_argument("--erase", type=float, default=0.0,
+                     help="random erasing probability (Zhong et al. 2020: a rectangle of 2-40%% of the image, "
+                          "aspect 0.3-3.3, filled with noise); 0: off")
     ret.add_argument("--holdout-val", action="store_true",
-                     help="train on the training split only and report validation accuracy per epoch "
-                          "(default: train on training + validation)")
+                     help="train on the training split only, report validation accuracy per epoch and do not "
+                          "read the test split (default: train on training + validation, then test once)")
     ret.add_argument("--max-train-samples", type=int, default=0, help="stratified subset of the training split")
     ret.add_argument("--image-size", type=int, default=32, help="imagefolder only")
     ret.add_argument("--threads", type=int, default=0, help="CPU threads (0: PyTorch's default)")
@@ -290,6 +294,13 @@ def build_parser() -> argparse.ArgumentParser:
     pipe.add_argument("--config", required=True, help="pipeline YAML (experiment + pipeline sections)")
     pipe.add_argument("--out", default=None, help="output directory (default: the config's pipeline.out)")
     pipe.add_argument("--port", type=int, default=None, help="NNI web UI port (default: the config's, or 8080)")
+    pipe.add_argument("--seeds", type=int, nargs="+", default=None,
+                      help="retraining seeds (default: the config's); run again with more seeds and only the new "
+                           "ones are retrained, the report redone")
+    pipe.add_argument("--jobs", type=int, default=None,
+                      help="seeds retrained at once, each in its own process (default: the config's)")
+    pipe.add_argument("--threads", type=int, default=None,
+                      help="CPU threads per retraining (default: the config's; 1 when --jobs > 1)")
     pipe.set_defaults(func=_cmd_pipeline)
 
     pareto = sub.add_parser("pareto", help="print a multi-objective study's Pareto front; write it as JSON and PNG")

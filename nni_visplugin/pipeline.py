@@ -48,7 +48,7 @@ __all__ = ["PipelineConfig", "run_pipeline"]
 _logger = logging.getLogger("nni_visplugin.pipeline")
 
 RETRAIN_KEYS = ("dataset", "data_dir", "epochs", "width", "cells", "batch_size", "lr", "label_smoothing",
-                "warmup_epochs", "augment", "threads", "device", "max_train_samples", "seeds", "jobs")
+                "warmup_epochs", "augment", "erase", "threads", "device", "max_train_samples", "seeds", "jobs")
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,12 @@ class PipelineConfig:
     source: Path | None = None
 
     @classmethod
-    def load(cls, path: str | os.PathLike, out: str | None = None, port: int | None = None) -> "PipelineConfig":
+    def load(cls, path: str | os.PathLike, out: str | None = None, port: int | None = None,
+             seeds: list[int] | None = None, jobs: int | None = None, threads: int | None = None) -> "PipelineConfig":
+        """Read ``path``; ``seeds``, ``jobs`` and ``threads`` (the command line's) replace the config's.
+
+        ``jobs`` > 1 without ``threads`` gives each seed's process one thread, whatever the config says.
+        """
         path = Path(path)
         try:
             doc = yaml.safe_load(path.read_text())
@@ -86,6 +91,18 @@ class PipelineConfig:
         bad = sorted(set(retrain) - set(RETRAIN_KEYS))
         if bad:
             raise ConfigError(f"{path}: unknown pipeline.retrain key(s) {', '.join(bad)}; known: {', '.join(RETRAIN_KEYS)}")
+        if seeds is not None:
+            retrain["seeds"] = list(seeds)
+        if jobs is not None:
+            retrain["jobs"] = jobs
+            if jobs > 1 and threads is None:
+                retrain["threads"] = 1
+        if threads is not None:
+            retrain["threads"] = threads
+        if "threads" in retrain and (isinstance(retrain["threads"], bool) or not isinstance(retrain["threads"], int)
+                                     or retrain["threads"] < 0):
+            raise ConfigError(f"{path}: pipeline.retrain.threads must be an integer >= 0 (0: PyTorch's default), "
+                              f"got {retrain['threads']!r}")
         seeds = retrain.pop("seeds", [0])
         if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
             raise ConfigError(f"{path}: pipeline.retrain.seeds must be a non-empty list of integers >= 0")
@@ -313,6 +330,8 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     out = cfg.out
     out.mkdir(parents=True, exist_ok=True)
     search_file = out / "search.json"
+    searched = not search_file.exists()
+    fresh_seeds = [s for s in cfg.seeds if not (out / "retrain" / f"seed{s}" / "metrics.json").exists()]
     if search_file.exists():
         search = json.loads(search_file.read_text())
         print(f"search: done before ({search['experiment_id']}), reusing {search_file}", flush=True)
@@ -366,7 +385,15 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     report = write_report(out, title=f"nni-visplugin pipeline: {cfg.source.name if cfg.source else out.name}",
                           summary=summary, trials=search["trials"], history=history, arch=arch, runs=runs,
                           comparison=comparison)
-    result = {"summary": summary, "runs": runs, "exports": exports, "comparison": comparison, "report": str(report)}
+    # Every call of the command on this output directory, with what it did: a pipeline resumed or
+    # extended (more seeds) keeps the wall time of the call that searched and retrained.
+    previous = out / "pipeline.json"
+    calls = json.loads(previous.read_text()).get("calls", []) if previous.exists() else []
+    calls.append({"started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)), "searched": searched,
+                  "retrained seeds": fresh_seeds, "seeds": list(cfg.seeds), "jobs": cfg.jobs,
+                  "threads": cfg.retrain.get("threads", 0), "wall_seconds": round(time.time() - started, 1)})
+    result = {"summary": summary, "runs": runs, "exports": exports, "comparison": comparison, "report": str(report),
+              "calls": calls}
     write_json(out / "pipeline.json", result)
     print(f"report: {report}", flush=True)
     return result

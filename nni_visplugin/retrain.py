@@ -6,8 +6,10 @@ its keyword arguments. The network may be retrained wider and deeper than it was
 
 Data: ``load_dataset(..., with_test=True)``. By default the network trains on the whole training
 set, the training and validation splits together (as the paper does), and no validation accuracy
-is reported. With ``holdout_val`` it trains on the training split alone and the validation accuracy
-is measured after every epoch. The test split is read exactly once, after the last epoch.
+is reported; the test split is read exactly once, after the last epoch. With ``holdout_val`` it
+trains on the training split alone, measures the validation accuracy after every epoch and never
+loads the test split (``test_accuracy`` is null): that is the mode for comparing recipes or
+architectures, so that no choice can be made on the test split.
 
 Recipe: SGD with Nesterov momentum 0.9, weight decay 3e-4, cosine schedule (optionally after a
 linear warm-up), label smoothing 0.1, gradient clipping at norm 5, and augmentation on the tensors
@@ -72,6 +74,7 @@ class RetrainConfig:
     grad_clip: float = 5.0
     warmup_epochs: int = 0
     augment: str = "auto"
+    erase: float = 0.0  # random erasing probability (0: off)
     holdout_val: bool = False  # train on train only and report val accuracy per epoch
     max_train_samples: int = 0  # 0 = all; a stratified subset of the training split, for quick checks
     image_size: int = 32  # imagefolder only
@@ -98,6 +101,8 @@ class RetrainConfig:
             raise ConfigError(f"momentum must be in [0, 1) and weight_decay >= 0, got {self.momentum}, {self.weight_decay}")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not 0 <= self.erase <= 1:
+            raise ConfigError(f"erase is a probability in [0, 1], got {self.erase}")
         if self.augment not in AUGMENTS:
             raise ConfigError(f"augment must be one of {', '.join(AUGMENTS)}, got {self.augment!r}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
@@ -105,7 +110,7 @@ class RetrainConfig:
 
     def recipe(self) -> dict[str, Any]:
         keys = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "label_smoothing", "grad_clip",
-                "warmup_epochs", "augment", "holdout_val", "max_train_samples")
+                "warmup_epochs", "augment", "erase", "holdout_val", "max_train_samples")
         return {"optimizer": "SGD nesterov", "schedule": "cosine" + (" after linear warm-up" if self.warmup_epochs else ""),
                 **{k: getattr(self, k) for k in keys}}
 
@@ -165,15 +170,30 @@ def retrain_kwargs(result: dict[str, Any], data: dict[str, int], width: int = 0,
 
 
 class TensorAugment:
-    """Random crop with padding and horizontal flip, on a batch of normalised images.
+    """Random crop with padding, horizontal flip and random erasing, on a batch of normalised images.
 
     The padding is the value of a black pixel after normalisation (``fill``, per channel), as if
     the raw image had been padded. Draws come from its own seeded generator on the CPU, so a run
     is reproducible whatever the device.
+
+    Random erasing (Zhong et al., "Random Erasing Data Augmentation", AAAI 2020, algorithm 1), last:
+    with probability ``erase`` an image gets one rectangle filled with random values (standard
+    normal: the images are normalised). As in the paper's algorithm, a draw is an area ``S_e``
+    uniform in [0.02, 0.4] of the image, an aspect ratio ``r_e`` uniform in [0.3, 1/0.3] (height
+    ``sqrt(S_e * r_e)``, width ``sqrt(S_e / r_e)``, rounded to pixels) and a top-left corner uniform
+    over the image, repeated until the rectangle lies inside the image. Here every image gets
+    ``ERASE_TRIES`` draws at once and keeps the first that fits; about 31% of the draws fit on 28x28
+    images, so an image is left whole for want of a fitting draw about once in 10^10.
     """
 
-    def __init__(self, padding: int, flip: bool, fill: list[float] | torch.Tensor, seed: int = 0):
-        self.padding, self.flip = padding, flip
+    ERASE_AREA = (0.02, 0.4)
+    ERASE_RATIO = 0.3
+    ERASE_TRIES = 64
+
+    def __init__(self, padding: int, flip: bool, fill: list[float] | torch.Tensor, seed: int = 0, erase: float = 0.0):
+        if not 0.0 <= erase <= 1.0:
+            raise ValueError(f"erase is a probability in [0, 1], got {erase}")
+        self.padding, self.flip, self.erase = padding, flip, float(erase)
         self.fill = torch.as_tensor(fill, dtype=torch.float32).view(1, -1, 1, 1)
         self._gen = torch.Generator().manual_seed(seed)
 
@@ -192,22 +212,46 @@ class TensorAugment:
         if self.flip:
             mask = (torch.rand(n, generator=self._gen) < 0.5).to(x.device)
             x = torch.where(mask[:, None, None, None], x.flip(3), x)
+        if self.erase:
+            x = torch.where(self.erase_mask(n, h, w).to(x.device)[:, None],
+                            torch.randn(x.shape, generator=self._gen).to(x.device, x.dtype), x)
         return x.contiguous()
 
+    def erase_mask(self, n: int, h: int, w: int) -> torch.Tensor:
+        """Boolean (n, h, w): the rectangle each image loses (all False for the images spared)."""
+        g, k = self._gen, self.ERASE_TRIES
+        low, high = self.ERASE_AREA
+        area = (low + (high - low) * torch.rand(n, k, generator=g)) * (h * w)
+        ratio = self.ERASE_RATIO + (1 / self.ERASE_RATIO - self.ERASE_RATIO) * torch.rand(n, k, generator=g)
+        eh = torch.sqrt(area * ratio).round().long()
+        ew = torch.sqrt(area / ratio).round().long()
+        top = (torch.rand(n, k, generator=g) * h).long()
+        left = (torch.rand(n, k, generator=g) * w).long()
+        fits = (eh >= 1) & (ew >= 1) & (top + eh <= h) & (left + ew <= w)
+        first = fits.long().argmax(1)  # the first draw that fits (0 when none does: masked out below)
+        pick = torch.arange(n)
+        eh, ew, top, left = eh[pick, first], ew[pick, first], top[pick, first], left[pick, first]
+        chosen = fits[pick, first] & (torch.rand(n, generator=g) < self.erase)
+        rows, cols = torch.arange(h)[None, :], torch.arange(w)[None, :]
+        in_rows = (rows >= top[:, None]) & (rows < (top + eh)[:, None])  # n, h
+        in_cols = (cols >= left[:, None]) & (cols < (left + ew)[:, None])  # n, w
+        return chosen[:, None, None] & in_rows[:, :, None] & in_cols[:, None, :]
+
     def describe(self) -> dict[str, Any]:
-        return {"crop_padding": self.padding, "horizontal_flip": self.flip}
+        return {"crop_padding": self.padding, "horizontal_flip": self.flip, "random_erasing": self.erase}
 
 
 def make_augment(mode: str, dataset: str, input_shape: tuple[int, int, int], mean: list[float], std: list[float],
-                 seed: int) -> TensorAugment | None:
-    """The augmentation ``mode`` (``auto`` picks crop, and flip except for digits) for this data."""
+                 seed: int, erase: float = 0.0) -> TensorAugment | None:
+    """The augmentation ``mode`` (``auto`` picks crop, and flip except for digits) for this data,
+    followed by random erasing with probability ``erase``."""
+    fill = [-m / s for m, s in zip(mean, std)]  # a black pixel, normalised
     if mode == "none":
-        return None
+        return TensorAugment(0, False, fill, seed, erase) if erase else None
     side = input_shape[1]
     padding = CROP_PADDING.get(side, max(1, side // 8))
     flip = mode == "crop-flip" or (mode == "auto" and dataset in FLIP_DATASETS)
-    fill = [-m / s for m, s in zip(mean, std)]  # a black pixel, normalised
-    return TensorAugment(padding, flip, fill, seed)
+    return TensorAugment(padding, flip, fill, seed, erase)
 
 
 @torch.no_grad()
@@ -268,7 +312,7 @@ def retrain(config: RetrainConfig, out_dir: str | os.PathLike, *,
         raise ConfigError(str(exc)) from None
 
     splits = load_dataset(config.dataset, config.data_dir, max_train_samples=config.max_train_samples,
-                          image_size=config.image_size, with_test=True)
+                          image_size=config.image_size, with_test=not config.holdout_val)
     kwargs = retrain_kwargs(result, data_kwargs(splits), config.width, config.cells)
     seed_everything(config.seed)
     try:
@@ -282,7 +326,8 @@ def retrain(config: RetrainConfig, out_dir: str | os.PathLike, *,
         x, y = torch.cat([splits.train[0], splits.val[0]]), torch.cat([splits.train[1], splits.val[1]])
     loader = TensorLoader(x, y, config.batch_size, shuffle=True, seed=config.seed)
     val_loader = TensorLoader(*splits.val, batch_size=256) if config.holdout_val else None
-    augment = make_augment(config.augment, config.dataset, splits.input_shape, splits.mean, splits.std, config.seed + 1)
+    augment = make_augment(config.augment, config.dataset, splits.input_shape, splits.mean, splits.std, config.seed + 1,
+                           config.erase)
     num_params = sum(p.numel() for p in model.parameters())
     _logger.info("retraining %s (%d parameters) on %d %s images for %d epochs on %s", space, num_params, len(x),
                  config.dataset, config.epochs, device)
@@ -315,7 +360,7 @@ def retrain(config: RetrainConfig, out_dir: str | os.PathLike, *,
     model.eval()
 
     # The one and only read of the test split.
-    test_accuracy = evaluate(model, TensorLoader(*splits.test, batch_size=256), device)
+    test_accuracy = None if splits.test is None else evaluate(model, TensorLoader(*splits.test, batch_size=256), device)
     model.to(memory_format=torch.contiguous_format)  # saved, measured and exported in the default layout
 
     from nni_visplugin.latency import measure_model
@@ -346,7 +391,8 @@ def retrain(config: RetrainConfig, out_dir: str | os.PathLike, *,
         "val_accuracy": curve[-1]["val_accuracy"] if config.holdout_val else None,
         "train_split": "train" if config.holdout_val else "train+val",
         "num_train_samples": len(x),
-        "num_test_samples": len(splits.test[1]),
+        "num_test_samples": 0 if splits.test is None else len(splits.test[1]),
+        "test_split": "not read (holdout_val)" if splits.test is None else "read once, after the last epoch",
         "num_params": num_params,
         "flops": flops,
         "flops_note": "FLOPs of one image, 2 per multiply-add of convolutions and linear layers (torch FlopCounterMode)",
@@ -357,7 +403,7 @@ def retrain(config: RetrainConfig, out_dir: str | os.PathLike, *,
         "wall_seconds": time.time() - started,
         "train_seconds": train_seconds,
         "curve": curve,
-        "recipe": {**config.recipe(), **(augment.describe() if augment else {"crop_padding": 0, "horizontal_flip": False})},
+        "recipe": {**config.recipe(), **(augment.describe() if augment else {"crop_padding": 0, "horizontal_flip": False, "random_erasing": 0.0})},
         "dataset": config.dataset,
         "input_shape": list(splits.input_shape),
         "num_classes": splits.num_classes,

@@ -76,13 +76,22 @@ def test_pipeline_end_to_end_and_resume(tmp_path):
         assert (out / img).read_bytes()[:4] == b"\x89PNG"
     assert f"{accs[0]:.4f}" in page and search["best"]["trial"] in page
 
-    # A second run with the same output directory reuses every stage's files.
-    second = run_in_netns(cmd, tmp_path, timeout=300)
+    # A second run with the same output directory reuses every stage's files; asked for one more
+    # seed, it retrains only that one, and the record of calls keeps the first call's wall time.
+    second = run_in_netns(cmd + ["--seeds", "0", "1", "2", "--jobs", "2"], tmp_path, timeout=300)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "search: done before" in second.stdout
     assert "retrain seed 0: done before" in second.stdout and "retrain seed 1: done before" in second.stdout
+    assert "retrain seed 2: test accuracy" in second.stdout
     again = json.loads((out / "pipeline.json").read_text())
-    assert [r["test_accuracy"] for r in again["runs"]] == accs
+    assert [r["seed"] for r in again["runs"]] == [0, 1, 2]
+    assert [r["test_accuracy"] for r in again["runs"]][:2] == accs
+    assert again["summary"]["seeds"] == [0, 1, 2]
+    first_call, second_call = again["calls"]
+    assert first_call == result["calls"][0]
+    assert first_call["searched"] and first_call["retrained seeds"] == [0, 1]
+    assert not second_call["searched"] and second_call["retrained seeds"] == [2] and second_call["threads"] == 1
+    assert first_call["wall_seconds"] >= summary["pipeline wall time this run (s)"]
 
 
 def test_seeds_side_by_side_match_one_after_another(tmp_path):
@@ -132,6 +141,20 @@ def test_bad_pipeline_configs_are_refused(tmp_path, doc, message):
     path.write_text(yaml.safe_dump(doc))
     with pytest.raises(ConfigError, match=re.escape(message)):
         PipelineConfig.load(path)
+
+
+def test_command_line_seeds_jobs_and_threads_replace_the_configs(tmp_path):
+    path = tmp_path / "p.yml"
+    path.write_text(yaml.safe_dump({"experiment": {}, "pipeline": {"retrain": {"seeds": [0], "threads": 2}}}))
+    cfg = PipelineConfig.load(path)
+    assert cfg.seeds == (0,) and cfg.jobs == 1 and cfg.retrain["threads"] == 2
+    cfg = PipelineConfig.load(path, seeds=[0, 1, 2], jobs=2)
+    assert cfg.seeds == (0, 1, 2) and cfg.jobs == 2 and cfg.retrain["threads"] == 1  # one thread per process
+    assert PipelineConfig.load(path, jobs=2, threads=3).retrain["threads"] == 3
+    for kwargs, message in (({"seeds": []}, "seeds must be a non-empty list"), ({"jobs": 0}, "jobs must be an integer"),
+                            ({"threads": -1}, "threads must be an integer >= 0")):
+        with pytest.raises(ConfigError, match=message):
+            PipelineConfig.load(path, **kwargs)
 
 
 def test_shipped_pipeline_config_is_valid(tmp_path):

@@ -3,9 +3,11 @@ determinism, resizing, augmentation, and one-line refusals."""
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -98,8 +100,16 @@ def test_test_split_is_read_only_after_the_last_epoch(search_dir, tmp_path, monk
     assert evaluate(nni_visplugin.load_model(tmp_path), TensorLoader(*splits.test, 256)) == metrics["test_accuracy"]
 
 
-def test_holdout_val_trains_on_train_only_and_reports_val(search_dir, tmp_path):
-    metrics = retrain(RetrainConfig(arch=str(search_dir), holdout_val=True, **TINY), tmp_path)
+def test_holdout_val_trains_on_train_only_and_reports_val(search_dir, tmp_path, monkeypatch):
+    asked = []
+    real_load = retrain_module.load_dataset
+    monkeypatch.setattr(retrain_module, "load_dataset", lambda *a, **kw: asked.append(kw) or real_load(*a, **kw))
+    metrics = retrain(RetrainConfig(arch=str(search_dir), holdout_val=True, erase=0.5, **TINY), tmp_path)
+    assert metrics["recipe"]["erase"] == metrics["recipe"]["random_erasing"] == 0.5
+    # model selection on the validation split: the test split is not even loaded
+    assert [kw.get("with_test") for kw in asked] == [False]
+    assert metrics["test_accuracy"] is None and metrics["num_test_samples"] == 0
+    assert metrics["test_split"].startswith("not read")
     splits = load_dataset("digits", max_train_samples=100)
     assert metrics["train_split"] == "train" and metrics["num_train_samples"] == len(splits.train[1])
     assert all(0 <= e["val_accuracy"] <= 1 for e in metrics["curve"])
@@ -190,12 +200,65 @@ def test_augmentation_crops_with_black_padding_and_flips_only_where_it_makes_sen
     assert any(torch.equal(f[0], x[0].flip(2)) for f in flips)
 
     mean, std = [0.5], [0.25]
-    assert make_augment("auto", "digits", (1, 8, 8), mean, std, 0).describe() == {"crop_padding": 1, "horizontal_flip": False}
-    assert make_augment("auto", "fashion-mnist", (1, 28, 28), mean, std, 0).describe() == {"crop_padding": 2, "horizontal_flip": True}
-    assert make_augment("auto", "cifar10", (3, 32, 32), mean * 3, std * 3, 0).describe() == {"crop_padding": 4, "horizontal_flip": True}
+    assert make_augment("auto", "digits", (1, 8, 8), mean, std, 0).describe() == {"crop_padding": 1, "horizontal_flip": False,
+                                                                          "random_erasing": 0.0}
+    assert make_augment("auto", "fashion-mnist", (1, 28, 28), mean, std, 0, 0.5).describe() == {
+        "crop_padding": 2, "horizontal_flip": True, "random_erasing": 0.5}
+    assert make_augment("auto", "cifar10", (3, 32, 32), mean * 3, std * 3, 0).describe()["horizontal_flip"] is True
     assert make_augment("crop", "cifar10", (3, 32, 32), mean * 3, std * 3, 0).describe()["horizontal_flip"] is False
     assert make_augment("none", "cifar10", (3, 32, 32), mean * 3, std * 3, 0) is None
+    assert make_augment("none", "cifar10", (3, 32, 32), mean * 3, std * 3, 0, 0.5).describe() == {
+        "crop_padding": 0, "horizontal_flip": False, "random_erasing": 0.5}
     assert make_augment("auto", "digits", (1, 8, 8), mean, std, 0).fill.item() == -2.0  # a black pixel, normalised
+
+
+def _paper_erasing(rng: np.random.Generator, h: int, w: int) -> tuple[int, int, int, int]:
+    """Zhong et al. 2020, algorithm 1, literally (p = 1): draw until the rectangle fits."""
+    while True:
+        area = rng.uniform(0.02, 0.4) * h * w
+        ratio = rng.uniform(0.3, 1 / 0.3)
+        eh, ew = round(math.sqrt(area * ratio)), round(math.sqrt(area / ratio))
+        top, left = int(rng.uniform(0, 1) * h), int(rng.uniform(0, 1) * w)
+        if eh >= 1 and ew >= 1 and top + eh <= h and left + ew <= w:
+            return top, left, eh, ew
+
+
+def test_random_erasing_follows_the_papers_algorithm():
+    n, h, w = 4000, 28, 28
+    x = torch.full((n, 1, h, w), 5.0)
+    out = TensorAugment(padding=0, flip=False, fill=[0.0], seed=0, erase=1.0)(x)
+    erased = out != 5.0  # the noise never lands exactly on 5
+    boxes = []
+    for i in range(n):
+        rows = erased[i, 0].any(1).nonzero().flatten()
+        cols = erased[i, 0].any(0).nonzero().flatten()
+        assert len(rows) and len(cols), f"image {i} was not erased"
+        top, left, eh, ew = rows[0].item(), cols[0].item(), len(rows), len(cols)
+        # one solid rectangle, nothing outside it touched
+        assert erased[i, 0, top:top + eh, left:left + ew].all() and erased[i].sum() == eh * ew
+        assert rows[-1] - rows[0] + 1 == eh and cols[-1] - cols[0] + 1 == ew
+        boxes.append((top, left, eh, ew))
+    ours = np.array(boxes, dtype=float)
+    rng = np.random.default_rng(0)
+    paper = np.array([_paper_erasing(rng, h, w) for _ in range(n)], dtype=float)
+    # the same distribution: area, aspect ratio and position (means within ~4 standard errors)
+    for name, a, b in (("area", ours[:, 2] * ours[:, 3], paper[:, 2] * paper[:, 3]),
+                       ("log aspect", np.log(ours[:, 2] / ours[:, 3]), np.log(paper[:, 2] / paper[:, 3])),
+                       ("top", ours[:, 0], paper[:, 0]), ("left", ours[:, 1], paper[:, 1])):
+        se = math.sqrt(a.var() / n + b.var() / n)
+        assert abs(a.mean() - b.mean()) < 4 * se, (name, a.mean(), b.mean())
+    assert (ours[:, 2] * ours[:, 3]).max() <= 0.4 * h * w * 1.2 and (ours[:, 2] * ours[:, 3]).min() >= 4
+
+    # probability 0.5: about half the images; seeded; another seed draws other rectangles
+    half = TensorAugment(padding=0, flip=False, fill=[0.0], seed=3, erase=0.5)(x)
+    share = (half != 5.0).flatten(1).any(1).float().mean().item()
+    assert abs(share - 0.5) < 0.04
+    assert torch.equal(half, TensorAugment(padding=0, flip=False, fill=[0.0], seed=3, erase=0.5)(x))
+    assert not torch.equal(half, TensorAugment(padding=0, flip=False, fill=[0.0], seed=4, erase=0.5)(x))
+    with pytest.raises(ValueError, match="probability"):
+        TensorAugment(padding=0, flip=False, fill=[0.0], erase=1.5)
+    with pytest.raises(ConfigError, match="erase"):
+        RetrainConfig(arch="x", erase=-0.1)
 
 
 def test_warmup_then_cosine(tiny_images):
