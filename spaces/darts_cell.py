@@ -20,11 +20,12 @@ from nni.nas.nn.pytorch.choice import ChosenInputs
 from nni_visplugin.registry import register_space
 
 from .ops import ALL_PRIMITIVES, DARTS_PRIMITIVES, FactorizedReduce, ReLUConvBN, make_op
+from .ops import EXTRA_PRIMITIVES as _EXTRA_OPS
 
 __all__ = ["DartsCellSpace", "EXTRA_PRIMITIVES", "PRIMITIVES"]
 
 PRIMITIVES = tuple(DARTS_PRIMITIVES)
-EXTRA_PRIMITIVES = tuple(p for p in ALL_PRIMITIVES if p not in DARTS_PRIMITIVES)
+EXTRA_PRIMITIVES = tuple(_EXTRA_OPS)
 
 
 class _Node(nn.Module):
