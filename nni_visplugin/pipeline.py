@@ -260,6 +260,11 @@ def _remeasure_latency(runs: dict[Path, dict[str, Any]]) -> None:
         torch.set_num_threads(threads)
 
 
+def _seed_done(root: Path, seed: int) -> bool:
+    """Whether seed ``seed`` was retrained into ``root`` before (its metrics are written last)."""
+    return (root / f"seed{seed}" / "metrics.json").exists()
+
+
 def retrain_seeds(cfg: PipelineConfig, arch: Path, root: Path) -> list[dict[str, Any]]:
     """Retrain ``arch`` once per seed into ``root/seed{S}``; seeds retrained before are read back.
 
@@ -275,7 +280,7 @@ def retrain_seeds(cfg: PipelineConfig, arch: Path, root: Path) -> list[dict[str,
     todo = []
     for seed in cfg.seeds:
         run_dir = root / f"seed{seed}"
-        if (run_dir / "metrics.json").exists():
+        if _seed_done(root, seed):
             done[seed] = json.loads((run_dir / "metrics.json").read_text())
             print(f"retrain seed {seed}: done before, test accuracy {done[seed]['test_accuracy']:.4f}", flush=True)
         else:
@@ -331,7 +336,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     search_file = out / "search.json"
     searched = not search_file.exists()
-    fresh_seeds = [s for s in cfg.seeds if not (out / "retrain" / f"seed{s}" / "metrics.json").exists()]
+    fresh_seeds = [s for s in cfg.seeds if not _seed_done(out / "retrain", s)]
     if search_file.exists():
         search = json.loads(search_file.read_text())
         print(f"search: done before ({search['experiment_id']}), reusing {search_file}", flush=True)
