@@ -24,6 +24,11 @@ Writes ``OUT/<name>/metrics.json`` per model and ``OUT/baselines.json``: rows fo
 comparison table (``pipeline.baselines`` in the config points at it). Finished models are kept and
 not retrained when the command runs again. ``--jobs 2`` retrains two models at once with one CPU
 thread each (the recipe's ``threads`` is overridden and recorded in each metrics.json).
+
+``--only NAME ...`` retrains just those models (say ``random-0 random-1`` in one sitting and the
+rest in another); ``baselines.json`` then holds the finished ones and says which are missing, and
+the mean row counts only finished random architectures. ``--search`` takes any directory with the
+picked search's ``arch.json`` and ``result.json``, such as a run's copy under benchmarks/results.
 """
 from __future__ import annotations
 
@@ -90,15 +95,51 @@ def _retrain(job: tuple[str, dict, str]) -> dict:
     return retrain(RetrainConfig(arch=arch_dir, progress=False, **recipe), out)
 
 
+def hand_label(arch: dict) -> str:
+    convs = sorted({v for v in arch.values() if isinstance(v, str) and "conv" in v})
+    names = {"conv_3x3": "dense 3x3 convolutions", "sep_conv_3x3": "3x3 separable convolutions"}
+    return "hand-designed cell (" + ", ".join(names.get(c, c) for c in convs) + ")"
+
+
+def table(out: Path, models: dict[str, dict]) -> list[dict]:
+    """Rows of the comparison table for the models finished under ``out``, in ``models``' order.
+
+    The first row is the mean over the finished random architectures (with their spread and how
+    many of those asked for are missing); missing models get no row.
+    """
+    rows, randoms, missing = [], [], []
+    for name, arch in models.items():
+        path = out / name / "metrics.json"
+        if not path.exists():
+            missing.append(name)
+            continue
+        m = json.loads(path.read_text())
+        if name.startswith("random"):
+            randoms.append(m["test_accuracy"])
+        label = hand_label(arch) if name == "hand" else f"random architecture {name}"
+        rows.append({"model": label, "test_accuracy": m["test_accuracy"], "params": m["num_params"],
+                     "note": f"same recipe, seed {m['seed']}, {m['threads']} thread(s), {m['wall_seconds']:.0f} s"})
+    if randoms:
+        asked = sum(name.startswith("random") for name in models)
+        spread = statistics.stdev(randoms) if len(randoms) > 1 else 0.0
+        note = f"std {spread:.4f}, min {min(randoms):.4f}, max {max(randoms):.4f}"
+        if len(randoms) < asked:
+            note += f"; {asked - len(randoms)} of {asked} not retrained yet"
+        rows.insert(0, {"model": f"random architectures (mean of {len(randoms)})",
+                        "test_accuracy": statistics.mean(randoms), "params": None, "note": note})
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", default="experiments/fashion_mnist.yml")
-    ap.add_argument("--search", help="search output directory whose result.json gives the space's settings "
-                                     "(default: the best trial of the pipeline's search.json)")
+    ap.add_argument("--search", help="directory with the picked search's arch.json and result.json, which give the "
+                                     "space's settings (default: the best trial of the pipeline's search.json)")
     ap.add_argument("--random", type=int, default=5, help="number of random architectures")
     ap.add_argument("--first-seed", type=int, default=0, help="sampler seed of the first random architecture")
     ap.add_argument("--seed", type=int, default=0, help="retraining seed (the pipeline's first seed)")
     ap.add_argument("--jobs", type=int, default=2, help="models retrained at once, one CPU thread each when > 1")
+    ap.add_argument("--only", nargs="+", metavar="NAME", help="retrain only these models (random-K, hand)")
     ap.add_argument("--out", default="runs/fashion_mnist_baselines")
     args = ap.parse_args(argv)
 
@@ -116,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         if not found.exists():
             sys.exit(f"{found} not found: run the pipeline first or pass --search DIR")
         search_dir = Path(json.loads(found.read_text())["best"]["dir"])
+    if not (search_dir / "result.json").exists():
+        sys.exit(f"{search_dir / 'result.json'} not found: --search takes a search output directory")
     result = json.loads((search_dir / "result.json").read_text())
     space = result["space"]
     kwargs = result.get("search_space_kwargs") or result["space_kwargs"]
@@ -123,8 +166,13 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     models = {f"random-{k}": random_arch(space, kwargs, k) for k in range(args.first_seed, args.first_seed + args.random)}
     models["hand"] = hand_arch(space, kwargs)
+    unknown = sorted(set(args.only or ()) - set(models))
+    if unknown:
+        sys.exit(f"--only: unknown model(s) {', '.join(unknown)}; this call's models: {', '.join(models)}")
     jobs, names = [], []
     for name, arch in models.items():
+        if args.only and name not in args.only:
+            continue
         d = out / name
         if (d / "metrics.json").exists():
             print(f"{name}: done before", flush=True)
@@ -136,28 +184,28 @@ def main(argv: list[str] | None = None) -> int:
         jobs.append((str(src), recipe, str(d)))
         names.append(name)
     started = time.time()
-    with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        for name, metrics in zip(names, pool.map(_retrain, jobs)):
+    if len(jobs) > 1 and args.jobs > 1:
+        pool = ProcessPoolExecutor(max_workers=args.jobs)
+        results = pool.map(_retrain, jobs)
+    else:  # one at a time, in this process
+        pool, results = None, map(_retrain, jobs)
+    try:
+        for name, metrics in zip(names, results):
             print(f"{name}: test accuracy {metrics['test_accuracy']:.4f}, {metrics['num_params']} parameters, "
                   f"{metrics['wall_seconds']:.0f} s", flush=True)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     print(f"retrained {len(jobs)} model(s) in {time.time() - started:.0f} s", flush=True)
 
-    rows, randoms = [], []
-    for name in models:
-        m = json.loads((out / name / "metrics.json").read_text())
-        if name.startswith("random"):
-            randoms.append(m["test_accuracy"])
-        label = "hand-designed cell (3x3 separable convolutions)" if name == "hand" else f"random architecture {name}"
-        rows.append({"model": label, "test_accuracy": m["test_accuracy"], "params": m["num_params"],
-                     "note": f"same recipe, seed {m['seed']}, {m['threads']} thread(s), {m['wall_seconds']:.0f} s"})
-    if randoms:
-        spread = statistics.stdev(randoms) if len(randoms) > 1 else 0.0
-        rows.insert(0, {"model": f"random architectures (mean of {len(randoms)})",
-                        "test_accuracy": statistics.mean(randoms), "params": None,
-                        "note": f"std {spread:.4f}, min {min(randoms):.4f}, max {max(randoms):.4f}"})
+    rows = table(out, models)
+    out.mkdir(parents=True, exist_ok=True)
     (out / "baselines.json").write_text(json.dumps(rows, indent=1))
     for row in rows:
         print(f"{row['model']:<50} {row['test_accuracy']:.4f}  {row['note']}")
+    missing = [n for n in models if not (out / n / "metrics.json").exists()]
+    if missing:
+        print(f"not retrained yet: {', '.join(missing)}")
     return 0
 
 

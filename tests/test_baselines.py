@@ -2,17 +2,21 @@
 from __future__ import annotations
 
 import importlib.util
+import json
+import sys
 from pathlib import Path
 
 import pytest
 
 from nni_visplugin.search import validate_arch
 from nni_visplugin.spaces.darts_cell import PRIMITIVES
+from retrain_helpers import fake_search_dir  # noqa: E402  (tests/retrain_helpers.py)
 from spaces_helpers import tiny_kwargs  # noqa: E402  (tests/spaces_helpers.py)
 
 _PATH = Path(__file__).resolve().parent.parent / "benchmarks" / "fashion_mnist_baselines.py"
 _spec = importlib.util.spec_from_file_location("fashion_mnist_baselines", _PATH)
 baselines = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = baselines  # so that --jobs 2 can hand its retraining function to worker processes
 _spec.loader.exec_module(baselines)
 
 DENSE = ["none", "max_pool_3x3", "skip_connect", "sep_conv_3x3", "conv_3x3", "conv_1x1"]
@@ -42,3 +46,53 @@ def test_hand_cell_is_a_chain_with_the_spaces_3x3_convolution(primitives, conv):
     assert {arch[f"reduce/input_{i}"][0] for i in range(3)} == {0}
     assert {v for k, v in arch.items() if k.startswith("normal/op_")} == {conv}
     assert {v for k, v in arch.items() if k.startswith("reduce/op_")} == {conv, "max_pool_3x3"}
+
+
+def _tiny_config(tmp_path: Path) -> Path:
+    recipe = {"dataset": "digits", "epochs": 1, "batch_size": 32, "max_train_samples": 100, "latency_rounds": 1,
+              "threads": 1, "seeds": [0], "jobs": 1}
+    config = tmp_path / "config.yml"
+    config.write_text(json.dumps({"pipeline": {"out": str(tmp_path / "pipe"), "retrain": recipe}}))
+    return config
+
+
+def test_baselines_in_two_sittings_keep_what_is_done_and_say_what_is_missing(tmp_path, capsys):
+    search = fake_search_dir(tmp_path / "search")
+    out = tmp_path / "baselines"
+    common = ["--config", str(_tiny_config(tmp_path)), "--search", str(search), "--random", "2", "--out", str(out)]
+
+    assert baselines.main(common + ["--only", "random-1", "hand", "--jobs", "2"]) == 0  # two worker processes
+    assert "not retrained yet: random-0" in capsys.readouterr().out
+    assert not (out / "random-0" / "metrics.json").exists()
+    rows = json.loads((out / "baselines.json").read_text())
+    first = {name: json.loads((out / name / "metrics.json").read_text()) for name in ("random-1", "hand")}
+    assert [r["model"] for r in rows] == ["random architectures (mean of 1)", "random architecture random-1",
+                                          "hand-designed cell (3x3 separable convolutions)"]
+    assert "1 of 2 not retrained yet" in rows[0]["note"]
+    assert rows[0]["test_accuracy"] == first["random-1"]["test_accuracy"]
+    assert rows[2]["params"] == first["hand"]["num_params"]
+    assert first["hand"]["recipe"]["epochs"] == 1 and first["hand"]["recipe"]["max_train_samples"] == 100
+    assert first["hand"]["threads"] == 1 and "1 thread(s)" in rows[2]["note"]
+
+    assert baselines.main(common + ["--jobs", "1"]) == 0  # in this process
+    printed = capsys.readouterr().out
+    assert "random-1: done before" in printed and "hand: done before" in printed
+    assert "not retrained yet" not in printed
+    for name, metrics in first.items():  # kept, not retrained again
+        assert json.loads((out / name / "metrics.json").read_text()) == metrics
+    rows = json.loads((out / "baselines.json").read_text())
+    accs = [json.loads((out / f"random-{k}" / "metrics.json").read_text())["test_accuracy"] for k in (0, 1)]
+    assert rows[0]["model"] == "random architectures (mean of 2)"
+    assert rows[0]["test_accuracy"] == pytest.approx(sum(accs) / 2)
+    assert "not retrained yet" not in rows[0]["note"]
+    random0 = json.loads((out / "random-0" / "arch" / "arch.json").read_text())
+    assert random0 == baselines.random_arch("darts_cell", json.loads((search / "result.json").read_text())["space_kwargs"], 0)
+
+
+def test_baselines_refuse_unknown_models_and_missing_searches(tmp_path):
+    config = str(_tiny_config(tmp_path))
+    search = fake_search_dir(tmp_path / "search")
+    with pytest.raises(SystemExit, match="unknown model.*random-7"):
+        baselines.main(["--config", config, "--search", str(search), "--random", "2", "--only", "random-7"])
+    with pytest.raises(SystemExit, match="result.json not found"):
+        baselines.main(["--config", config, "--search", str(tmp_path / "nowhere")])
