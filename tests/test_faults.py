@@ -1,5 +1,5 @@
 """Faults with the real parts: NaN searches fail instead of reporting, and 4 concurrent trials out of
-16 lose nothing, tell nothing twice and pair nothing wrongly."""
+8 lose nothing, tell nothing twice and pair nothing wrongly."""
 from __future__ import annotations
 
 import json
