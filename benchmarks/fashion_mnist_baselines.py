@@ -101,11 +101,12 @@ def hand_label(arch: dict) -> str:
     return "hand-designed cell (" + ", ".join(names.get(c, c) for c in convs) + ")"
 
 
-def table(out: Path, models: dict[str, dict]) -> list[dict]:
-    """Rows of the comparison table for the models finished under ``out``, in ``models``' order.
+def table(out: Path, models: dict[str, dict]) -> tuple[list[dict], list[str]]:
+    """Rows of the comparison table for the models finished under ``out``, in ``models``' order,
+    and the names of those not finished (which get no row).
 
     The first row is the mean over the finished random architectures (with their spread and how
-    many of those asked for are missing); missing models get no row.
+    many of those asked for are missing).
     """
     rows, randoms, missing = [], [], []
     for name, arch in models.items():
@@ -127,7 +128,7 @@ def table(out: Path, models: dict[str, dict]) -> list[dict]:
             note += f"; {asked - len(randoms)} of {asked} not retrained yet"
         rows.insert(0, {"model": f"random architectures (mean of {len(randoms)})",
                         "test_accuracy": statistics.mean(randoms), "params": None, "note": note})
-    return rows
+    return rows, missing
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -198,12 +199,11 @@ def main(argv: list[str] | None = None) -> int:
             pool.shutdown(cancel_futures=True)
     print(f"retrained {len(jobs)} model(s) in {time.time() - started:.0f} s", flush=True)
 
-    rows = table(out, models)
+    rows, missing = table(out, models)
     out.mkdir(parents=True, exist_ok=True)
     (out / "baselines.json").write_text(json.dumps(rows, indent=1))
     for row in rows:
         print(f"{row['model']:<50} {row['test_accuracy']:.4f}  {row['note']}")
-    missing = [n for n in models if not (out / n / "metrics.json").exists()]
     if missing:
         print(f"not retrained yet: {', '.join(missing)}")
     return 0
