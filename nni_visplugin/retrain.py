@@ -4,11 +4,11 @@ The architecture is a search's ``arch.json``; the ``result.json`` next to it nam
 its keyword arguments. The network may be retrained wider and deeper than it was searched
 (``width`` / ``cells``, for spaces that take ``width`` / ``num_cells``), always with affine batch norm.
 
-Data: ``load_dataset(..., with_test=True)`` (``with_test=False`` with ``holdout_val``). By default the network trains on the whole training
-set, the training and validation splits together (as the paper does), and no validation accuracy
-is reported; the test split is read exactly once, after the last epoch. With ``holdout_val`` it
-trains on the training split alone, measures the validation accuracy after every epoch and never
-loads the test split (``test_accuracy`` is null): that is the mode for comparing recipes or
+Data: ``load_dataset(..., with_test=True)`` (``with_test=False`` with ``holdout_val``). By default
+the network trains on the whole training set, the training and validation splits together (as the
+paper does), and no validation accuracy is reported; the test split is read exactly once, after
+the last epoch. With ``holdout_val`` it trains on the training split alone, measures the validation
+accuracy after every epoch and never loads the test split (``test_accuracy`` is null): that is the mode for comparing recipes or
 architectures, so that no choice can be made on the test split.
 
 Recipe: SGD with Nesterov momentum 0.9, weight decay 3e-4, cosine schedule (optionally after a

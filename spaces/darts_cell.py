@@ -20,7 +20,7 @@ from nni.nas.nn.pytorch.choice import ChosenInputs
 from nni_visplugin.registry import register_space
 
 from .ops import ALL_PRIMITIVES, DARTS_PRIMITIVES, FactorizedReduce, ReLUConvBN, make_op
-from .ops import EXTRA_PRIMITIVES as _EXTRA_OPS
+from .ops import EXTRA_PRIMITIVES as _EXTRA_OPS  # re-exported below as a tuple
 
 __all__ = ["DartsCellSpace", "EXTRA_PRIMITIVES", "PRIMITIVES"]
 
