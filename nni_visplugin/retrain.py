@@ -8,8 +8,8 @@ Data: ``load_dataset(..., with_test=True)`` (``with_test=False`` with ``holdout_
 the network trains on the whole training set, the training and validation splits together (as the
 paper does), and no validation accuracy is reported; the test split is read exactly once, after
 the last epoch. With ``holdout_val`` it trains on the training split alone, measures the validation
-accuracy after every epoch and never loads the test split (``test_accuracy`` is null): that is the mode for comparing recipes or
-architectures, so that no choice can be made on the test split.
+accuracy after every epoch and never loads the test split (``test_accuracy`` is null): that is the
+mode for comparing recipes or architectures, so that no choice can be made on the test split.
 
 Recipe: SGD with Nesterov momentum 0.9, weight decay 3e-4, cosine schedule (optionally after a
 linear warm-up), label smoothing 0.1, gradient clipping at norm 5, and augmentation on the tensors
