@@ -22,8 +22,10 @@ Usage (after the pipeline, which wrote runs/fashion_mnist/search.json)::
 
 Writes ``OUT/<name>/metrics.json`` per model and ``OUT/baselines.json``: rows for the pipeline's
 comparison table (``pipeline.baselines`` in the config points at it). Finished models are kept and
-not retrained when the command runs again. ``--jobs 2`` retrains two models at once with one CPU
-thread each (the recipe's ``threads`` is overridden and recorded in each metrics.json).
+not retrained when the command runs again; a model cut short continues from its last complete
+epoch (the retraining's checkpoints). Each model prints a line per epoch. ``--jobs 2`` retrains
+two models at once with one CPU thread each (the recipe's ``threads`` is overridden and recorded
+in each metrics.json).
 
 ``--only NAME ...`` retrains just those models (say ``random-0 random-1`` in one sitting and the
 rest in another); ``baselines.json`` then holds the finished ones and says which are missing, and
@@ -85,14 +87,21 @@ def hand_arch(space: str, kwargs: dict) -> dict:
     return arch
 
 
-def _retrain(job: tuple[str, dict, str]) -> dict:
-    arch_dir, recipe, out = job
+def _retrain(job: tuple[str, str, dict, str]) -> dict:
+    """One model; a line per epoch (a model cut short continues from its last epoch when run again)."""
+    name, arch_dir, recipe, out = job
     import torch
 
     from nni_visplugin.retrain import RetrainConfig, retrain
 
     torch.set_num_threads(recipe.get("threads") or torch.get_num_threads())
-    return retrain(RetrainConfig(arch=arch_dir, progress=False, **recipe), out)
+    config = RetrainConfig(arch=arch_dir, progress=False, **recipe)
+
+    def on_epoch(entry: dict) -> None:
+        print(f"{name}: epoch {entry['epoch'] + 1}/{config.epochs} loss {entry['train_loss']:.4f} "
+              f"train accuracy {entry['train_accuracy']:.4f} ({entry['seconds']:.0f} s)", flush=True)
+
+    return retrain(config, out, on_epoch=on_epoch)
 
 
 def hand_label(arch: dict) -> str:
@@ -182,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         src.mkdir(parents=True, exist_ok=True)
         (src / "arch.json").write_text(json.dumps(arch, indent=1))
         (src / "result.json").write_text(json.dumps({**result, "arch_origin": name}, indent=1))
-        jobs.append((str(src), recipe, str(d)))
+        jobs.append((name, str(src), recipe, str(d)))
         names.append(name)
     started = time.time()
     if len(jobs) > 1 and args.jobs > 1:

@@ -1,8 +1,8 @@
-"""Per-epoch search checkpoints: written atomically, read back with ``weights_only=True``.
+"""Per-epoch checkpoints of searches and retrainings: written atomically, read back with ``weights_only=True``.
 
-A search killed at any moment restarts from its last complete epoch. A truncated or corrupt
+A search or retraining killed at any moment restarts from its last complete epoch. A truncated or corrupt
 checkpoint is skipped for the one before it, with a warning naming the file; when checkpoints exist
-but none can be read, the search stops with an error naming them instead of silently starting over.
+but none can be read, the run stops with an error naming them instead of silently starting over.
 """
 from __future__ import annotations
 
@@ -80,4 +80,4 @@ class SearchCheckpoints:
                 _logger.warning("checkpoint %s is unreadable (%s); trying the previous one", path, exc)
                 failures.append(f"{path} ({exc})")
         raise CheckpointError("no readable checkpoint among: " + "; ".join(failures)
-                              + ". Remove them to start the search over.")
+                              + ". Remove them to start over.")

@@ -179,7 +179,8 @@ def _cmd_retrain(args: argparse.Namespace) -> int:
                            label_smoothing=args.label_smoothing, warmup_epochs=args.warmup_epochs,
                            augment=args.augment, erase=args.erase, holdout_val=args.holdout_val,
                            max_train_samples=args.max_train_samples, image_size=args.image_size,
-                           threads=args.threads, device=args.device, progress=not args.quiet)
+                           threads=args.threads, device=args.device, progress=not args.quiet,
+                           resume=not args.fresh)
     metrics = retrain(config, args.out)
     print(json.dumps({k: metrics[k] for k in ("test_accuracy", "val_accuracy", "num_params", "flops", "latency_ms",
                                               "train_seconds")}))
@@ -269,6 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     ret.add_argument("--threads", type=int, default=0, help="CPU threads (0: PyTorch's default)")
     ret.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     ret.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
+    ret.add_argument("--fresh", action="store_true",
+                     help="delete the checkpoints a run cut short left in --out and start over (default: continue "
+                          "from its last complete epoch)")
     ret.add_argument("--out", required=True, help="directory for metrics.json, model.pt, arch.json, result.json")
     ret.set_defaults(func=_cmd_retrain)
 

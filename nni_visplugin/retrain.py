@@ -22,12 +22,21 @@ Files written into the output directory:
 - ``metrics.json``: test accuracy, parameters, FLOPs, latency, the training curve, the recipe, provenance;
 - ``arch.json`` and ``result.json``: what :func:`nni_visplugin.load_model` needs to rebuild the network;
 - ``model.pt``: the trained weights (a state dict; load with ``weights_only=True``).
+
+Nothing is lost when a retraining is cut short: after every epoch the weights, the optimiser, the
+schedule, the generators and the curve go to ``checkpoints/epoch-NNNN.pt`` (written atomically,
+the newest two kept), and the same command on the same output directory continues from the last
+complete epoch, with the same result as a run never interrupted (same seed and thread count). A
+checkpoint of a different retraining (another architecture, recipe, seed or dataset) is refused
+with the differences named; ``resume=False`` (``--fresh``) deletes it and starts over. The
+checkpoints are removed once ``metrics.json`` is written.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -38,6 +47,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from nni_visplugin.checkpoint import CheckpointError, SearchCheckpoints, rng_state, set_rng_state
 from nni_visplugin.config import DATA_KWARGS, ConfigError
 from nni_visplugin.data import CHANNELS, DATASETS, TensorLoader, load_dataset
 from nni_visplugin.registry import SPACES, factory_parameters
@@ -82,6 +92,7 @@ class RetrainConfig:
     device: str = "auto"
     latency_rounds: int = 3
     progress: bool = True
+    resume: bool = True  # continue from the output directory's checkpoints of a run cut short
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
@@ -237,6 +248,12 @@ class TensorAugment:
         in_cols = (cols >= left[:, None]) & (cols < (left + ew)[:, None])  # n, w
         return chosen[:, None, None] & in_rows[:, :, None] & in_cols[:, None, :]
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self._gen.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._gen.set_state(state["generator"])
+
     def describe(self) -> dict[str, Any]:
         return {"crop_padding": self.padding, "horizontal_flip": self.flip, "random_erasing": self.erase}
 
@@ -271,6 +288,41 @@ def count_flops(model: nn.Module, input_shape: tuple[int, int, int] | list[int])
         model(torch.zeros(1, *input_shape, device=device))
     model.train(was_training)
     return int(counter.get_total_flops())
+
+
+def _fingerprint(config: RetrainConfig, space: str, kwargs: dict[str, Any], arch: dict[str, Any],
+                 num_train: int) -> dict[str, Any]:
+    """What makes two retrainings the same run, as JSON values: a checkpoint continues only its own."""
+    raw = {"arch": arch, "space": space, "space_kwargs": kwargs, "dataset": config.dataset, "seed": config.seed,
+           "num_train_samples": num_train, **config.recipe()}
+    return json.loads(json.dumps(raw, sort_keys=True))
+
+
+def _resume_state(checkpoints: SearchCheckpoints, fingerprint: dict[str, Any], resume: bool) -> dict[str, Any] | None:
+    """The newest checkpoint in ``checkpoints`` when it belongs to this retraining; None when there is none.
+
+    With ``resume`` False the checkpoints are deleted. One of another retraining is refused, naming
+    what differs, and so is a directory of checkpoints none of which can be read.
+    """
+    if not checkpoints.files():
+        return None
+    if not resume:
+        shutil.rmtree(checkpoints.directory)
+        _logger.info("removed the checkpoints in %s: starting over", checkpoints.directory)
+        return None
+    try:
+        path, state = checkpoints.load_latest()
+    except CheckpointError as exc:
+        raise ConfigError(f"{exc} (--fresh deletes them)") from None
+    try:
+        theirs = json.loads(state.get("fingerprint", ""))
+    except (TypeError, ValueError):
+        theirs = {}
+    if theirs != fingerprint:
+        differ = sorted(k for k in set(theirs) | set(fingerprint) if theirs.get(k) != fingerprint.get(k))
+        raise ConfigError(f"{path} is a checkpoint of another retraining (it differs in {', '.join(differ)}); "
+                          f"run with the same settings to continue it, or with --fresh to delete it and start over")
+    return state
 
 
 class _Progress:
@@ -332,31 +384,59 @@ def retrain(config: RetrainConfig, out_dir: str | os.PathLike, *,
     _logger.info("retraining %s (%d parameters) on %d %s images for %d epochs on %s", space, num_params, len(x),
                  config.dataset, config.epochs, device)
 
+    out = Path(out_dir)
+    fingerprint = _fingerprint(config, space, kwargs, arch, len(x))
+    checkpoints = SearchCheckpoints(out / "checkpoints")
+    state = _resume_state(checkpoints, fingerprint, config.resume)
+    curve: list[dict[str, Any]] = []
+    done_epochs, seconds_before, wall_before, resumed_at = 0, 0.0, 0.0, []
+    if state is not None:
+        model.load_state_dict(state["model"])
+        loader.load_state_dict(state["loader"])
+        if augment is not None:
+            augment.load_state_dict(state["augment"])
+        set_rng_state(state["rng"])
+        curve = list(state["curve"])
+        done_epochs = int(state["epoch"])
+        seconds_before, wall_before = float(state["train_seconds"]), float(state["wall_seconds"])
+        resumed_at = [*state["resumed_at"], done_epochs]
+        _logger.info("resuming the retraining in %s after epoch %d of %d", out, done_epochs, config.epochs)
+
     from tqdm import tqdm
 
     # Redirected to a file, the bar updates every 30 s instead of many times a second.
     interactive = getattr(sys.stderr, "isatty", lambda: False)()
     bar = tqdm(total=config.epochs * len(loader), desc=f"retrain {space}", unit="batch",
-               disable=not config.progress, leave=False, mininterval=0.1 if interactive else 30.0)
-    curve: list[dict[str, Any]] = []
+               disable=not config.progress, leave=False, mininterval=0.1 if interactive else 30.0,
+               initial=done_epochs * len(loader))
 
     def record(entry: dict[str, Any]) -> None:
         if val_loader is not None:
             entry["val_accuracy"] = evaluate(model, val_loader, device)
         curve.append(entry)
         bar.set_postfix(epoch=entry["epoch"], loss=f"{entry['train_loss']:.3f}", acc=f"{entry['train_accuracy']:.3f}")
+
+    def save(epoch: int, train_state: dict[str, Any]) -> None:
+        # Before the caller hears of the epoch: whatever it does then, the epoch is kept.
+        checkpoints.save(epoch + 1, {
+            "model": model.state_dict(), "loader": loader.state_dict(),
+            "augment": augment.state_dict() if augment is not None else None, "rng": rng_state(), "curve": curve,
+            "train_seconds": seconds_before + time.time() - train_start,
+            "wall_seconds": wall_before + time.time() - started, "resumed_at": resumed_at,
+            "fingerprint": json.dumps(fingerprint, sort_keys=True), **train_state})
         if on_epoch is not None:
-            on_epoch(entry)
+            on_epoch(curve[-1])
 
     train_start = time.time()
+    resume = None if state is None else {k: state[k] for k in ("epoch", "optimizer", "scheduler")}
     try:
         train_from_scratch(model, _Progress(loader, bar), config.epochs, lr=config.lr, momentum=config.momentum,
                            weight_decay=config.weight_decay, label_smoothing=config.label_smoothing,
                            grad_clip=config.grad_clip, device=device, warmup_epochs=config.warmup_epochs,
-                           augment=augment, on_record=record)
+                           augment=augment, on_record=record, resume=resume, on_checkpoint=save)
     finally:
         bar.close()
-    train_seconds = time.time() - train_start
+    train_seconds = seconds_before + time.time() - train_start
     model.eval()
 
     # The one and only read of the test split.
@@ -368,7 +448,6 @@ def retrain(config: RetrainConfig, out_dir: str | os.PathLike, *,
     flops = count_flops(model, splits.input_shape)
     latency_ms = measure_model(model, splits.input_shape, device, batch_size=1, rounds=config.latency_rounds)
 
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), out / "model.pt")
     write_json(out / "arch.json", arch)
@@ -400,8 +479,9 @@ def retrain(config: RetrainConfig, out_dir: str | os.PathLike, *,
         "latency_batch_size": 1,
         "seed": config.seed,
         "epochs": config.epochs,
-        "wall_seconds": time.time() - started,
+        "wall_seconds": wall_before + time.time() - started,
         "train_seconds": train_seconds,
+        "resumed_at_epochs": resumed_at,
         "curve": curve,
         "recipe": {**config.recipe(), **(augment.describe() if augment else {"crop_padding": 0, "horizontal_flip": False, "random_erasing": 0.0})},
         "dataset": config.dataset,
@@ -418,6 +498,7 @@ def retrain(config: RetrainConfig, out_dir: str | os.PathLike, *,
         "config": asdict(config),
     }
     write_json(out / "metrics.json", metrics)
+    shutil.rmtree(checkpoints.directory, ignore_errors=True)  # the run is complete: model.pt holds its weights
     _logger.info("retrained %s: test accuracy %.4f, %d parameters, %.3f ms; files in %s", space, test_accuracy,
                  num_params, latency_ms, out)
     return metrics

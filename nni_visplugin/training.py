@@ -64,13 +64,21 @@ def train_from_scratch(model: nn.Module, loader: Iterable, epochs: int, *, lr: f
                        device: torch.device | str = "cpu",
                        on_epoch: Callable[[int, float], None] | None = None, warmup_epochs: int = 0,
                        augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                       on_record: Callable[[dict[str, Any]], None] | None = None) -> list[float]:
-    """SGD with Nesterov momentum and a cosine schedule; returns the mean training loss per epoch.
+                       on_record: Callable[[dict[str, Any]], None] | None = None,
+                       resume: dict[str, Any] | None = None,
+                       on_checkpoint: Callable[[int, dict[str, Any]], None] | None = None) -> list[float]:
+    """SGD with Nesterov momentum and a cosine schedule; returns the mean training loss per epoch
+    (of the epochs this call trained).
 
     ``warmup_epochs`` > 0 ramps the learning rate linearly over those epochs before the cosine
     decay over the rest. ``augment`` transforms every training batch (on ``device``) before the
     forward pass. ``on_record`` receives a dict per epoch: ``epoch``, ``train_loss``,
     ``train_accuracy`` (on the augmented batches, as trained), ``lr`` and ``seconds``.
+
+    ``on_checkpoint(epoch, state)`` is called after each epoch's ``on_record`` with the optimizer's
+    and the schedule's state; ``resume`` (``epoch``: the number of epochs done, ``optimizer``,
+    ``scheduler``: such a state) continues a run from there. The model's weights and the
+    generators of ``loader`` and ``augment`` are the caller's to save and restore.
     """
     if warmup_epochs < 0 or (warmup_epochs and warmup_epochs >= epochs):
         raise ValueError(f"warmup_epochs must be in [0, epochs), got {warmup_epochs} for {epochs} epochs")
@@ -82,8 +90,13 @@ def train_from_scratch(model: nn.Module, loader: Iterable, epochs: int, *, lr: f
         else:
             # Kept as it was before warm-up existed, so the search's final training is unchanged.
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs))
+        start_epoch = 0
+        if resume is not None:
+            opt.load_state_dict(resume["optimizer"])
+            sched.load_state_dict(resume["scheduler"])
+            start_epoch = int(resume["epoch"])
         losses = []
-        for epoch in range(epochs):
+        for epoch in range(start_epoch, epochs):
             start = time.perf_counter()
             epoch_lr = opt.param_groups[0]["lr"]
             total, correct, n = 0.0, 0, 0
@@ -109,6 +122,8 @@ def train_from_scratch(model: nn.Module, loader: Iterable, epochs: int, *, lr: f
             if on_record is not None:
                 on_record({"epoch": epoch, "train_loss": losses[-1], "train_accuracy": correct / max(n, 1),
                            "lr": epoch_lr, "seconds": time.perf_counter() - start})
+            if on_checkpoint is not None:
+                on_checkpoint(epoch, {"optimizer": opt.state_dict(), "scheduler": sched.state_dict()})
         if losses and not math.isfinite(losses[-1]):
             raise FloatingPointError("training ended with a non-finite loss")
         return losses

@@ -78,6 +78,7 @@ def test_baselines_in_two_sittings_keep_what_is_done_and_say_what_is_missing(tmp
     printed = capsys.readouterr().out
     assert "random-1: done before" in printed and "hand: done before" in printed
     assert "not retrained yet" not in printed
+    assert "random-0: epoch 1/1 loss" in printed  # a line per epoch, named
     for name, metrics in first.items():  # kept, not retrained again
         assert json.loads((out / name / "metrics.json").read_text()) == metrics
     rows = json.loads((out / "baselines.json").read_text())

@@ -297,3 +297,72 @@ def test_cli_retrain_quiet_and_one_line_errors(search_dir, tmp_path):
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines() == [f"nni-visplugin: error: architecture file {tmp_path / 'nowhere' / 'arch.json'} "
                                                "is missing; --arch takes the arch.json of a search output directory"]
+
+
+class _Cut(Exception):
+    """Stands for a kill between two epochs."""
+
+
+def _cut_after(epochs_done: int):
+    def on_epoch(entry):
+        if entry["epoch"] + 1 == epochs_done:
+            raise _Cut
+    return on_epoch
+
+
+def test_a_retraining_cut_short_continues_to_the_same_result(search_dir, tmp_path):
+    # Erasing, crops, flips off (digits), warm-up and shuffling: every generator the run draws from.
+    config = RetrainConfig(arch=str(search_dir / "arch.json"), **{**TINY, "epochs": 3}, warmup_epochs=1, erase=0.5)
+    whole = retrain(config, tmp_path / "whole")
+    with pytest.raises(_Cut):
+        retrain(config, tmp_path / "cut", on_epoch=_cut_after(2))
+    assert not (tmp_path / "cut" / "metrics.json").exists()
+    assert sorted(p.name for p in (tmp_path / "cut" / "checkpoints").iterdir()) == ["epoch-0001.pt", "epoch-0002.pt"]
+
+    seen = []
+    resumed = retrain(config, tmp_path / "cut", on_epoch=seen.append)
+    assert [e["epoch"] for e in seen] == [2]  # only the missing epoch was trained
+    assert resumed["resumed_at_epochs"] == [2] and whole["resumed_at_epochs"] == []
+    strip = [{k: v for k, v in e.items() if k != "seconds"} for e in whole["curve"]]
+    assert [{k: v for k, v in e.items() if k != "seconds"} for e in resumed["curve"]] == strip
+    assert resumed["test_accuracy"] == whole["test_accuracy"]
+    a = torch.load(tmp_path / "whole" / "model.pt", weights_only=True)
+    b = torch.load(tmp_path / "cut" / "model.pt", weights_only=True)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not (tmp_path / "cut" / "checkpoints").exists()  # removed once metrics.json is written
+
+
+def test_a_checkpoint_of_another_retraining_is_refused_and_fresh_starts_over(search_dir, tmp_path):
+    config = RetrainConfig(arch=str(search_dir / "arch.json"), **{**TINY, "epochs": 3})
+    with pytest.raises(_Cut):
+        retrain(config, tmp_path / "r", on_epoch=_cut_after(1))
+    cli = CLI + ["retrain", "--arch", str(search_dir / "arch.json"), "--epochs", "3", "--max-train-samples", "100",
+                 "--threads", "1", "--quiet", "--out", str(tmp_path / "r")]
+    other = subprocess.run(cli + ["--seed", "1"], capture_output=True, text=True, timeout=300)
+    assert other.returncode == 2
+    [line] = other.stderr.strip().splitlines()
+    assert "epoch-0001.pt is a checkpoint of another retraining (it differs in seed)" in line and "--fresh" in line
+    assert (tmp_path / "r" / "checkpoints" / "epoch-0001.pt").exists()  # refused, not deleted
+
+    fresh = subprocess.run(cli + ["--seed", "1", "--fresh"], capture_output=True, text=True, timeout=300)
+    assert fresh.returncode == 0, fresh.stderr[-3000:]
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert metrics["seed"] == 1 and metrics["resumed_at_epochs"] == [] and len(metrics["curve"]) == 3
+
+
+def test_unreadable_checkpoints_stop_the_retraining_with_their_names(search_dir, tmp_path):
+    config = RetrainConfig(arch=str(search_dir / "arch.json"), **{**TINY, "epochs": 3})
+    with pytest.raises(_Cut):
+        retrain(config, tmp_path / "r", on_epoch=_cut_after(2))
+    files = sorted((tmp_path / "r" / "checkpoints").iterdir())
+    files[-1].write_bytes(b"truncated")
+    seen = []
+    assert retrain(config, tmp_path / "r", on_epoch=seen.append)["resumed_at_epochs"] == [1]  # the one before
+    assert [e["epoch"] for e in seen] == [1, 2]
+
+    with pytest.raises(_Cut):
+        retrain(config, tmp_path / "s", on_epoch=_cut_after(2))
+    for f in (tmp_path / "s" / "checkpoints").iterdir():
+        f.write_bytes(b"")
+    with pytest.raises(ConfigError, match="no readable checkpoint among: .*epoch-0002.pt.*--fresh"):
+        retrain(config, tmp_path / "s")
