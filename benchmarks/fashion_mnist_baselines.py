@@ -92,14 +92,13 @@ def _retrain(job: tuple[str, str, dict, str]) -> dict:
     name, arch_dir, recipe, out = job
     import torch
 
-    from nni_visplugin.retrain import RetrainConfig, retrain
+    from nni_visplugin.retrain import RetrainConfig, epoch_line, retrain
 
     torch.set_num_threads(recipe.get("threads") or torch.get_num_threads())
     config = RetrainConfig(arch=arch_dir, progress=False, **recipe)
 
     def on_epoch(entry: dict) -> None:
-        print(f"{name}: epoch {entry['epoch'] + 1}/{config.epochs} loss {entry['train_loss']:.4f} "
-              f"train accuracy {entry['train_accuracy']:.4f} ({entry['seconds']:.0f} s)", flush=True)
+        print(f"{name}: {epoch_line(entry, config.epochs)}", flush=True)
 
     return retrain(config, out, on_epoch=on_epoch)
 

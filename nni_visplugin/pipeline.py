@@ -226,13 +226,12 @@ def collect_trials(exp_dir: Path) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------------- stage 2: retraining
 def _retrain_one(arch: str, seed: int, recipe: dict[str, Any], run_dir: str, parallel: bool) -> dict[str, Any]:
     """One seed's retraining; in a worker process when ``parallel`` (one line per epoch, no bar)."""
-    from nni_visplugin.retrain import RetrainConfig, retrain
+    from nni_visplugin.retrain import RetrainConfig, epoch_line, retrain
 
     config = RetrainConfig(arch=arch, seed=seed, **recipe, **({"progress": False} if parallel else {}))
 
     def on_epoch(entry: dict[str, Any]) -> None:
-        print(f"retrain seed {seed}: epoch {entry['epoch'] + 1}/{config.epochs} loss {entry['train_loss']:.4f} "
-              f"train accuracy {entry['train_accuracy']:.4f} ({entry['seconds']:.0f} s)", flush=True)
+        print(f"retrain seed {seed}: {epoch_line(entry, config.epochs)}", flush=True)
 
     return retrain(config, run_dir, on_epoch=on_epoch if parallel else None)
 

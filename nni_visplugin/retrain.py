@@ -325,6 +325,12 @@ def _resume_state(checkpoints: SearchCheckpoints, fingerprint: dict[str, Any], r
     return state
 
 
+def epoch_line(entry: dict[str, Any], epochs: int) -> str:
+    """One epoch's record as the line printed where no bar is shown (models trained side by side)."""
+    return (f"epoch {entry['epoch'] + 1}/{epochs} loss {entry['train_loss']:.4f} "
+            f"train accuracy {entry['train_accuracy']:.4f} ({entry['seconds']:.0f} s)")
+
+
 class _Progress:
     """An iterable over ``loader`` that advances one tqdm bar per batch, across all epochs."""
 
