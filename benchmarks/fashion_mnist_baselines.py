@@ -14,6 +14,9 @@ only the cell differs:
   cell input and applies a 3x3 convolution to the other. The convolution is the dense ``conv_3x3``
   when the space offers it (a ResNet-style cell), else the separable ``sep_conv_3x3`` (in the
   spirit of MobileNet-style designs).
+- ``hand-matched``: the same hand-written cell, retrained at the even width at which its network
+  has the parameter count closest to the picked architecture's retrained network (the hand cell
+  convolves on every edge, so at the recipe's width it is larger than most derived cells).
 
 Usage (after the pipeline, which wrote runs/fashion_mnist/search.json)::
 
@@ -87,6 +90,27 @@ def hand_arch(space: str, kwargs: dict) -> dict:
     return arch
 
 
+def _count_params(space: str, result: dict, arch: dict, width: int, cells: int) -> int:
+    """Parameters of ``arch`` retrained at ``width`` and ``cells`` (0: the search's), on the search's images."""
+    from nni_visplugin.retrain import retrain_kwargs
+    from nni_visplugin.search import build_fixed_model
+
+    c, h, w = result["input_shape"]
+    data = {"in_channels": c, "image_size": max(h, w), "num_classes": result["num_classes"]}
+    model = build_fixed_model(space, retrain_kwargs(result, data, width, cells), arch)
+    return sum(p.numel() for p in model.parameters())
+
+
+def matched_width(space: str, result: dict, hand: dict, pick: dict, width: int, cells: int) -> tuple[int, int, int]:
+    """The even width at which ``hand`` has the parameter count closest to ``pick`` at ``width`` (ties: the
+    smaller width); with both counts: ``(width, hand's parameters, pick's parameters)``."""
+    target = _count_params(space, result, pick, width, cells)
+    top = 2 * (width or (result.get("space_kwargs") or result["search_space_kwargs"])["width"])
+    counts = {w: _count_params(space, result, hand, w, cells) for w in range(2, top + 1, 2)}
+    best = min(counts, key=lambda w: (abs(counts[w] - target), w))
+    return best, counts[best], target
+
+
 def _retrain(job: tuple[str, str, dict, str]) -> dict:
     """One model; a line per epoch (a model cut short continues from its last epoch when run again)."""
     name, arch_dir, recipe, out = job
@@ -125,7 +149,12 @@ def table(out: Path, models: dict[str, dict]) -> tuple[list[dict], list[str]]:
         m = json.loads(path.read_text())
         if name.startswith("random"):
             randoms.append(m["test_accuracy"])
-        label = hand_label(arch) if name == "hand" else f"random architecture {name}"
+        if name.startswith("hand"):
+            label = hand_label(arch)
+            if name == "hand-matched":
+                label = label[:-1] + f", width {m['config']['width']}: the searched cell's size)"
+        else:
+            label = f"random architecture {name}"
         rows.append({"model": label, "test_accuracy": m["test_accuracy"], "params": m["num_params"],
                      "note": f"same recipe, seed {m['seed']}, {m['threads']} thread(s), {m['wall_seconds']:.0f} s"})
     if randoms:
@@ -148,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--first-seed", type=int, default=0, help="sampler seed of the first random architecture")
     ap.add_argument("--seed", type=int, default=0, help="retraining seed (the pipeline's first seed)")
     ap.add_argument("--jobs", type=int, default=2, help="models retrained at once, one CPU thread each when > 1")
-    ap.add_argument("--only", nargs="+", metavar="NAME", help="retrain only these models (random-K, hand)")
+    ap.add_argument("--only", nargs="+", metavar="NAME", help="retrain only these models (random-K, hand, hand-matched)")
     ap.add_argument("--out", default="runs/fashion_mnist_baselines")
     args = ap.parse_args(argv)
 
@@ -174,7 +203,14 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(args.out)
     models = {f"random-{k}": random_arch(space, kwargs, k) for k in range(args.first_seed, args.first_seed + args.random)}
-    models["hand"] = hand_arch(space, kwargs)
+    models["hand"] = models["hand-matched"] = hand_arch(space, kwargs)
+    recipes = {name: recipe for name in models}
+    if not args.only or "hand-matched" in args.only:
+        pick = json.loads((search_dir / "arch.json").read_text())
+        width, params, target = matched_width(space, result, models["hand"], pick, recipe.get("width", 0),
+                                              recipe.get("cells", 0))
+        recipes["hand-matched"] = {**recipe, "width": width}
+        print(f"hand-matched: width {width}, {params:,} parameters (the searched cell: {target:,})", flush=True)
     unknown = sorted(set(args.only or ()) - set(models))
     if unknown:
         sys.exit(f"--only: unknown model(s) {', '.join(unknown)}; this call's models: {', '.join(models)}")
@@ -190,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         src.mkdir(parents=True, exist_ok=True)
         (src / "arch.json").write_text(json.dumps(arch, indent=1))
         (src / "result.json").write_text(json.dumps({**result, "arch_origin": name}, indent=1))
-        jobs.append((name, str(src), recipe, str(d)))
+        jobs.append((name, str(src), recipes[name], str(d)))
         names.append(name)
     started = time.time()
     if len(jobs) > 1 and args.jobs > 1:

@@ -97,3 +97,30 @@ def test_baselines_refuse_unknown_models_and_missing_searches(tmp_path):
         baselines.main(["--config", config, "--search", str(search), "--random", "2", "--only", "random-7"])
     with pytest.raises(SystemExit, match="result.json not found"):
         baselines.main(["--config", config, "--search", str(tmp_path / "nowhere")])
+
+
+def test_hand_matched_is_the_hand_cell_at_the_width_of_the_searched_cells_size(tmp_path, capsys):
+    search = fake_search_dir(tmp_path / "search")
+    result = json.loads((search / "result.json").read_text())
+    pick = json.loads((search / "arch.json").read_text())
+    hand = baselines.hand_arch("darts_cell", result["space_kwargs"])
+    width, params, target = baselines.matched_width("darts_cell", result, hand, pick, 0, 0)
+    assert target == baselines._count_params("darts_cell", result, pick, 0, 0)
+    assert params == baselines._count_params("darts_cell", result, hand, width, 0)
+    searched = result["space_kwargs"]["width"]
+    assert width % 2 == 0 and 2 <= width <= 2 * searched
+    for other in range(2, 2 * searched + 1, 2):  # no other even width comes closer to the searched cell's size
+        assert abs(baselines._count_params("darts_cell", result, hand, other, 0) - target) >= abs(params - target)
+
+    out = tmp_path / "baselines"
+    argv = ["--config", str(_tiny_config(tmp_path)), "--search", str(search), "--random", "1", "--out", str(out),
+            "--only", "hand-matched"]
+    assert baselines.main(argv) == 0
+    assert f"hand-matched: width {width}, {params:,} parameters (the searched cell: {target:,})" in capsys.readouterr().out
+    metrics = json.loads((out / "hand-matched" / "metrics.json").read_text())
+    assert metrics["num_params"] == params and metrics["config"]["width"] == width
+    assert json.loads((out / "hand-matched" / "arch" / "arch.json").read_text()) == hand
+    rows = json.loads((out / "baselines.json").read_text())
+    assert [r["model"] for r in rows] == [f"hand-designed cell (3x3 separable convolutions, width {width}: "
+                                          "the searched cell's size)"]
+    assert rows[0]["params"] == params
