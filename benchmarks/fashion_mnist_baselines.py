@@ -204,6 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     models = {f"random-{k}": random_arch(space, kwargs, k) for k in range(args.first_seed, args.first_seed + args.random)}
     models["hand"] = models["hand-matched"] = hand_arch(space, kwargs)
+    unknown = sorted(set(args.only or ()) - set(models))
+    if unknown:
+        sys.exit(f"--only: unknown model(s) {', '.join(unknown)}; this call's models: {', '.join(models)}")
     recipes = {name: recipe for name in models}
     if not args.only or "hand-matched" in args.only:
         pick = json.loads((search_dir / "arch.json").read_text())
@@ -211,9 +214,6 @@ def main(argv: list[str] | None = None) -> int:
                                               recipe.get("cells", 0))
         recipes["hand-matched"] = {**recipe, "width": width}
         print(f"hand-matched: width {width}, {params:,} parameters (the searched cell: {target:,})", flush=True)
-    unknown = sorted(set(args.only or ()) - set(models))
-    if unknown:
-        sys.exit(f"--only: unknown model(s) {', '.join(unknown)}; this call's models: {', '.join(models)}")
     jobs, names = [], []
     for name, arch in models.items():
         if args.only and name not in args.only:
