@@ -127,10 +127,11 @@ def _retrain(job: tuple[str, str, dict, str]) -> dict:
     return retrain(config, out, on_epoch=on_epoch)
 
 
-def hand_label(arch: dict) -> str:
+def hand_label(arch: dict, matched_width: int | None = None) -> str:
     convs = sorted({v for v in arch.values() if isinstance(v, str) and "conv" in v})
     names = {"conv_3x3": "dense 3x3 convolutions", "sep_conv_3x3": "3x3 separable convolutions"}
-    return "hand-designed cell (" + ", ".join(names.get(c, c) for c in convs) + ")"
+    size = f", width {matched_width}: the searched cell's size" if matched_width else ""
+    return "hand-designed cell (" + ", ".join(names.get(c, c) for c in convs) + size + ")"
 
 
 def table(out: Path, models: dict[str, dict]) -> tuple[list[dict], list[str]]:
@@ -150,9 +151,7 @@ def table(out: Path, models: dict[str, dict]) -> tuple[list[dict], list[str]]:
         if name.startswith("random"):
             randoms.append(m["test_accuracy"])
         if name.startswith("hand"):
-            label = hand_label(arch)
-            if name == "hand-matched":
-                label = label[:-1] + f", width {m['config']['width']}: the searched cell's size)"
+            label = hand_label(arch, m["config"]["width"] if name == "hand-matched" else None)
         else:
             label = f"random architecture {name}"
         rows.append({"model": label, "test_accuracy": m["test_accuracy"], "params": m["num_params"],
