@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from nni_visplugin import create_space
-from nni_visplugin.latency import device_fingerprint, measure_model, measure_table
-from nni_visplugin.search import build_fixed_model
+from nni_visplugin.nas.fixed import build_fixed_model
+from nni_visplugin.nas.latency import device_fingerprint, measure_model, measure_table
 
 
 def main() -> None:

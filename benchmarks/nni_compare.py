@@ -154,7 +154,7 @@ def _gradient_probe(alphas: list) -> list[float]:
 
 def _run_plugin(job: dict, space, data: dict) -> dict:
     from nni_visplugin import create_strategy
-    from nni_visplugin.supernet import arch_parameters
+    from nni_visplugin.nas.relax import arch_parameters
 
     name, settings = ALGOS[job["algo"]]["plugin"]
     hyper = HYPER[name]
@@ -207,7 +207,7 @@ def _darts_step_flops(supernet, batch, device: str) -> int:
     import torch.nn.functional as F
     from torch.utils.flop_counter import FlopCounterMode
 
-    from nni_visplugin.fastconv import disable_fast_depthwise, enable_fast_depthwise
+    from nni_visplugin.nas.fastconv import disable_fast_depthwise, enable_fast_depthwise
 
     x, y = batch
     counter = FlopCounterMode(display=False)
@@ -300,11 +300,12 @@ def worker(job: dict) -> dict:
 
     torch.set_num_threads(job["threads"])
     # The same libraries on both sides before the baseline RSS is read.
-    import pytorch_lightning  # noqa: F401
     import nni.nas.evaluator.pytorch  # noqa: F401
     import nni.nas.strategy  # noqa: F401
+    import pytorch_lightning  # noqa: F401
+
     import nni_visplugin
-    import nni_visplugin.strategies.proxyless  # noqa: F401
+    import nni_visplugin.nas.strategies.proxyless  # noqa: F401
 
     torch.manual_seed(job["seed"])
     data = {k: v[:job["n_batches"]] for k, v in torch.load(job["data"], weights_only=True).items()}
@@ -342,7 +343,7 @@ def make_data(job: dict, path: Path) -> dict:
         x = torch.randn(len(y), c, s, s, generator=g) + 2 * patterns[y]
         num_classes = 10
     else:
-        from nni_visplugin.data import load_dataset
+        from nni_visplugin.data.datasets import load_dataset
 
         splits = load_dataset(job["dataset"])
         x, y = splits.train
@@ -359,7 +360,8 @@ def latency_table(space: str, kwargs: dict, device: str, threads: int) -> str:
     """The plugin's Proxyless loads a lookup table for every registered space, even without a latency
     loss; it is measured here once, outside every measured run, and cached between invocations."""
     import torch
-    from nni_visplugin.latency import load_or_measure
+
+    from nni_visplugin.nas.latency import load_or_measure
 
     torch.set_num_threads(threads)  # part of the table's fingerprint
     key = json.dumps({"space": space, "kwargs": kwargs, "device": device, "threads": threads}, sort_keys=True)

@@ -25,7 +25,7 @@ import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from nni_visplugin.fastconv import fast_depthwise  # noqa: E402
+from nni_visplugin.nas.fastconv import fast_depthwise  # noqa: E402
 from nni_visplugin.spaces.ops import ALL_PRIMITIVES, make_op  # noqa: E402
 
 SIZES = ((16, 14), (32, 7))

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from nni_visplugin.checkpoint import SearchCheckpoints
+from nni_visplugin.utils.checkpoints import SearchCheckpoints
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,8 +19,9 @@ WORKER = r"""
 import json, resource, sys, time
 import psutil, torch
 from nni_visplugin import create_space, create_strategy
-from nni_visplugin.data import TensorLoader, load_dataset
-from nni_visplugin.search import data_kwargs
+from nni_visplugin.data.loader import TensorLoader
+from nni_visplugin.data.datasets import load_dataset
+from nni_visplugin.nas.fixed import data_kwargs
 
 args = json.loads(sys.argv[1])
 torch.set_num_threads(args["threads"])
@@ -34,7 +35,7 @@ train_a = TensorLoader(x[n:2 * n], y[n:2 * n], args["batch_size"])
 kwargs = {"epochs": 1}
 if args["strategy"] == "proxyless":
     # The lookup table is measured (or loaded) before the measured region.
-    from nni_visplugin.latency import load_or_measure
+    from nni_visplugin.nas.latency import load_or_measure
     load_or_measure(args["table"], args["space"], dict(space.trace_kwargs), "cpu", 1)
     kwargs["latency_table"] = args["table"]
 strategy = create_strategy(args["strategy"], **kwargs)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from nni_visplugin import _compat  # noqa: F401
-from nni_visplugin.registry import SPACES, STRATEGIES, register_space, register_strategy
+from nni_visplugin.utils.registry import SPACES, STRATEGIES, register_space, register_strategy
 
 __version__ = "0.1.0"
 
@@ -29,12 +29,12 @@ __all__ = [
 ]
 
 _LAZY = {
-    "SearchConfig": "nni_visplugin.config",
-    "retrain": "nni_visplugin.retrain",
-    "RetrainConfig": "nni_visplugin.retrain",
-    "export_model": "nni_visplugin.export",
-    "run_pipeline": "nni_visplugin.pipeline",
-    "PipelineConfig": "nni_visplugin.pipeline",
+    "SearchConfig": "nni_visplugin.config.search",
+    "retrain": "nni_visplugin.stages.retrain",
+    "RetrainConfig": "nni_visplugin.config.retrain",
+    "export_model": "nni_visplugin.stages.export",
+    "run_pipeline": "nni_visplugin.stages.pipeline",
+    "PipelineConfig": "nni_visplugin.config.pipeline",
 }
 
 
@@ -58,14 +58,14 @@ def list_strategies() -> list[str]:
 
 def load_model(directory, *, weights: bool = True):
     """Rebuild the fixed, trained model from a search output directory."""
-    from nni_visplugin.search import load_model as _load
+    from nni_visplugin.stages.search import load_model as _load
 
     return _load(directory, weights=weights)
 
 
 def run_search(config, out_dir, **kwargs):
-    """Run one search; see :func:`nni_visplugin.search.run_search`."""
-    from nni_visplugin.search import run_search as _run
+    """Run one search; see :func:`nni_visplugin.stages.search.run_search`."""
+    from nni_visplugin.stages.search import run_search as _run
 
     return _run(config, out_dir, **kwargs)
 

@@ -20,7 +20,7 @@ class _DropSupernetModuleWarning:
     """NNI's ``mutate_model`` warns when a hook returns a module that is not one of its own
     ``BaseSuperNetModule``s. The plugin's mixed modules are deliberately not: NNI's protocol decides
     each module's choice on its own, while DARTS derives a node's inputs from its edges' weights
-    (:func:`nni_visplugin.supernet.derive_architecture`)."""
+    (:func:`nni_visplugin.nas.derive.derive_architecture`)."""
 
     @staticmethod
     def filter(record) -> bool:

@@ -15,7 +15,7 @@ DEFAULT_EXPERIMENT_ROOT = Path("~/nni-experiments")
 
 def _cmd_list(args: argparse.Namespace) -> int:
     from nni_visplugin import list_spaces, list_strategies
-    from nni_visplugin.data import DATASETS
+    from nni_visplugin.data.datasets import DATASETS
 
     print("spaces:     " + " ".join(list_spaces()))
     print("strategies: " + " ".join(list_strategies()))
@@ -24,9 +24,9 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
-    from nni_visplugin.config import SearchConfig
-    from nni_visplugin.search import run_search
-    from nni_visplugin.trial import fixed_overrides
+    from nni_visplugin.config.search import SearchConfig
+    from nni_visplugin.hpo.trial_command import fixed_overrides
+    from nni_visplugin.stages.search import run_search
 
     overrides = fixed_overrides(args)
     if args.epochs is not None:
@@ -41,8 +41,9 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
 
 def _cmd_latency(args: argparse.Namespace) -> int:
-    from nni_visplugin.config import ConfigError, SearchConfig, parse_assignments
-    from nni_visplugin.latency import load_or_measure
+    from nni_visplugin.config.search import SearchConfig, parse_assignments
+    from nni_visplugin.nas.latency import load_or_measure
+    from nni_visplugin.utils.errors import ConfigError
 
     overrides = parse_assignments(args.set)
     bad = [k for k in overrides if not k.startswith("space.")]
@@ -60,8 +61,8 @@ def _cmd_latency(args: argparse.Namespace) -> int:
         data = {"in_channels": c, "image_size": h, "num_classes": args.num_classes}
         config = SearchConfig.create({"space": args.space, **overrides})
     else:
-        from nni_visplugin.data import load_dataset
-        from nni_visplugin.search import data_kwargs
+        from nni_visplugin.data.datasets import load_dataset
+        from nni_visplugin.nas.fixed import data_kwargs
 
         config = SearchConfig.create({"space": args.space, "dataset": args.dataset, **overrides})
         data = data_kwargs(load_dataset(args.dataset, args.data_dir))
@@ -92,7 +93,7 @@ def _cmd_latency(args: argparse.Namespace) -> int:
 def _cmd_check(args: argparse.Namespace) -> int:
     import optuna
 
-    from nni_visplugin.check import check_experiment
+    from nni_visplugin.hpo.check import check_experiment
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger().setLevel(logging.WARNING)
@@ -117,7 +118,7 @@ def _trial_results(experiment: str, root: Path) -> tuple[Path, list[dict[str, An
     if not exp_dir.is_dir():
         raise FileNotFoundError(f"no experiment directory for {experiment!r} (looked in {exp_dir}); "
                                 "pass the experiment id with --root, or the experiment directory itself")
-    from nni_visplugin.pipeline import collect_trials
+    from nni_visplugin.hpo.experiment import collect_trials
 
     return exp_dir, collect_trials(exp_dir)
 
@@ -136,8 +137,8 @@ def _cmd_best(args: argparse.Namespace) -> int:
 
 
 def _cmd_pareto(args: argparse.Namespace) -> int:
-    from nni_visplugin.search import write_json
-    from nni_visplugin.studies import open_study, pareto_front, plot_pareto
+    from nni_visplugin.hpo.studies import open_study, pareto_front, plot_pareto
+    from nni_visplugin.utils.files import write_json
 
     study = open_study(args.source, args.study, args.root)
     front = pareto_front(study)
@@ -156,7 +157,7 @@ def _cmd_pareto(args: argparse.Namespace) -> int:
 
 
 def _cmd_importance(args: argparse.Namespace) -> int:
-    from nni_visplugin.studies import open_study, param_importances
+    from nni_visplugin.hpo.studies import open_study, param_importances
 
     study = open_study(args.source, args.study, args.root)
     importances = param_importances(study, args.evaluator, args.objective, args.seed)
@@ -170,7 +171,8 @@ def _cmd_importance(args: argparse.Namespace) -> int:
 
 
 def _cmd_retrain(args: argparse.Namespace) -> int:
-    from nni_visplugin.retrain import RetrainConfig, retrain
+    from nni_visplugin.config.retrain import RetrainConfig
+    from nni_visplugin.stages.retrain import retrain
 
     if args.quiet:
         logging.getLogger().setLevel(logging.WARNING)
@@ -189,7 +191,7 @@ def _cmd_retrain(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from nni_visplugin.export import ExportError, export_model
+    from nni_visplugin.stages.export import ExportError, export_model
 
     try:
         report = export_model(args.directory, args.format, args.out, batch_size=args.batch_size)
@@ -203,7 +205,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_pipeline(args: argparse.Namespace) -> int:
-    from nni_visplugin.pipeline import PipelineConfig, run_pipeline
+    from nni_visplugin.config.pipeline import PipelineConfig
+    from nni_visplugin.stages.pipeline import run_pipeline
 
     run_pipeline(PipelineConfig.load(args.config, out=args.out, port=args.port, seeds=args.seeds, jobs=args.jobs,
                                      threads=args.threads))
@@ -218,7 +221,7 @@ def _study_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from nni_visplugin.trial import build_parser as trial_parser
+    from nni_visplugin.hpo.trial_command import build_parser as trial_parser
 
     parser = argparse.ArgumentParser(prog="nni-visplugin", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -312,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     pareto.add_argument("--out", default=".", help="directory for pareto.json and pareto.png (default: .)")
     pareto.set_defaults(func=_cmd_pareto)
 
-    from nni_visplugin.studies import EVALUATORS
+    from nni_visplugin.hpo.studies import EVALUATORS
 
     imp = sub.add_parser("importance", help="how much each search hyperparameter mattered (Optuna's evaluators)")
     _study_arguments(imp)
@@ -327,9 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from nni_visplugin.config import ConfigError
-    from nni_visplugin.data import DatasetError
-    from nni_visplugin.studies import StudyError
+    from nni_visplugin.data.datasets import DatasetError
+    from nni_visplugin.hpo.studies import StudyError
+    from nni_visplugin.utils.errors import ConfigError
 
     try:
         return args.func(args)

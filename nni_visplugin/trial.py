@@ -7,7 +7,6 @@ architecture's validation accuracy as the final result. Its files go to ``$NNI_O
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
@@ -15,29 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from nni_visplugin import _compat  # noqa: F401
+from nni_visplugin.hpo.trial_command import build_parser, fixed_overrides
 
 _logger = logging.getLogger("nni_visplugin.trial")
-
-
-def build_parser(prog: str = "python -m nni_visplugin.trial") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description="Run one search as an NNI trial.")
-    p.add_argument("--space", default=None, help="search space name (default: darts_cell)")
-    p.add_argument("--strategy", default=None, help="strategy name (default: darts)")
-    p.add_argument("--dataset", default=None, help="dataset name (default: digits)")
-    p.add_argument("--data-dir", default=None, help="dataset directory")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="fixed setting; repeatable")
-    p.add_argument("--out", default=None, help="output directory (default: $NNI_OUTPUT_DIR)")
-    return p
-
-
-def fixed_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    from nni_visplugin.config import parse_assignments
-
-    overrides = parse_assignments(args.set)
-    for key in ("space", "strategy", "dataset", "data_dir"):
-        if getattr(args, key) is not None:
-            overrides[key] = getattr(args, key)
-    return overrides
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,8 +25,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import nni
 
-    from nni_visplugin.config import SearchConfig
-    from nni_visplugin.search import run_search, write_json
+    from nni_visplugin.config.search import SearchConfig
+    from nni_visplugin.stages.search import run_search
+    from nni_visplugin.utils.files import write_json
 
     params = nni.get_next_parameter() or {}
     parameter_id = _compat.current_parameter_id()

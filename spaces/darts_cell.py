@@ -17,10 +17,11 @@ from nni.mutable import label_scope
 from nni.nas.nn.pytorch import InputChoice, LayerChoice, ModelSpace
 from nni.nas.nn.pytorch.choice import ChosenInputs
 
-from nni_visplugin.registry import register_space
+from nni_visplugin.utils.registry import register_space
 
-from .ops import ALL_PRIMITIVES, DARTS_PRIMITIVES, FactorizedReduce, ReLUConvBN, make_op
+from .ops import ALL_PRIMITIVES, DARTS_PRIMITIVES
 from .ops import EXTRA_PRIMITIVES as _EXTRA_OPS  # re-exported below as a tuple
+from .ops import FactorizedReduce, ReLUConvBN, make_op
 
 __all__ = ["DartsCellSpace", "EXTRA_PRIMITIVES", "PRIMITIVES"]
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 from nni.nas.nn.pytorch import LayerChoice, ModelSpace
 
-from nni_visplugin.registry import register_space
+from nni_visplugin.utils.registry import register_space
 
 from .ops import Zero
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nni_visplugin.registry import SPACES
+from nni_visplugin.utils.registry import SPACES
 
 from spaces_helpers import tiny_kwargs
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from nni_visplugin import create_space
-from nni_visplugin.registry import SPACES, factory_parameters
+from nni_visplugin.utils.registry import SPACES, factory_parameters
 
 # Smallest sensible settings for known arguments; spaces from other packages get their defaults.
 TINY = {"width": 4, "num_cells": 2, "num_nodes": 2, "widths": [4, 8], "depths": [1, 2], "stem_width": 4, "head_width": 16}

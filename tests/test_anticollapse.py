@@ -7,10 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nni_visplugin.data import TensorLoader
-from nni_visplugin.strategies.darts import DartsStrategy, _split_params
-from nni_visplugin.supernet import (MixedInput, MixedOp, alpha_entropy, arch_parameters, channel_shuffle, count_skips,
-                                    derive_architecture, op_alphas)
+from nni_visplugin.data.loader import TensorLoader
+from nni_visplugin.nas.strategies.darts import DartsStrategy
+from nni_visplugin.nas.strategies.base import split_params
+from nni_visplugin.nas.relax import MixedInput, MixedOp, arch_parameters, channel_shuffle
+from nni_visplugin.nas.health import alpha_entropy, count_skips, op_alphas
+from nni_visplugin.nas.derive import derive_architecture
 
 from spaces_helpers import tiny_space  # noqa: E402
 
@@ -71,7 +73,7 @@ def test_pc_darts_alpha_and_beta_gradients_match_finite_differences():
     supernet.eval()  # fixed batch-norm statistics: the loss is a smooth function of alpha
     x = torch.randn(4, 1, 8, 8, dtype=torch.float64)
     y = torch.tensor([0, 1, 2, 1])
-    _, _, alphas = _split_params(supernet)
+    _, _, alphas = split_params(supernet)
     assert any(isinstance(m, MixedInput) and m.alpha is not None for m in supernet.modules())
     loss = F.cross_entropy(supernet(x), y)
     analytic = torch.autograd.grad(loss, alphas)
@@ -129,7 +131,7 @@ def test_beta_regularisation_gradient_is_the_gradient_of_its_definition():
     supernet = _supernet(dtype=torch.float64)
     strategy = DartsStrategy(epochs=4, beta_reg=2.0)
     strategy._epoch = 1
-    _, _, alphas = _split_params(supernet)
+    _, _, alphas = split_params(supernet)
     grads = strategy._beta_reg_grad(supernet, alphas)
     lam = 2.0 * 2 / 4
     ops = op_alphas(supernet)

@@ -8,7 +8,7 @@ from nni.assessor import AssessResult
 from optuna.trial import TrialState
 
 from nni_visplugin.tuners import OptunaAssessor, OptunaTuner
-from nni_visplugin.tuners._study import LINK
+from nni_visplugin.hpo.study import LINK
 
 SPACE = {"lr": {"_type": "uniform", "_value": [0, 1]}}
 

@@ -1,23 +1,18 @@
-"""The baseline architectures of benchmarks/fashion_mnist_baselines.py: points of the searched space."""
+"""The baseline architectures of nni-visplugin baselines: points of the searched space."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-from nni_visplugin.search import validate_arch
+from nni_visplugin.nas.fixed import validate_arch
+from nni_visplugin.stages import baselines
+from nni_visplugin.utils.errors import ConfigError
 from nni_visplugin.spaces.darts_cell import PRIMITIVES
 from retrain_helpers import fake_search_dir  # noqa: E402  (tests/retrain_helpers.py)
 from spaces_helpers import tiny_kwargs  # noqa: E402  (tests/spaces_helpers.py)
 
-_PATH = Path(__file__).resolve().parent.parent / "benchmarks" / "fashion_mnist_baselines.py"
-_spec = importlib.util.spec_from_file_location("fashion_mnist_baselines", _PATH)
-baselines = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = baselines  # so that --jobs 2 can hand its retraining function to worker processes
-_spec.loader.exec_module(baselines)
 
 DENSE = ["none", "max_pool_3x3", "skip_connect", "sep_conv_3x3", "conv_3x3", "conv_1x1"]
 
@@ -93,9 +88,9 @@ def test_baselines_in_two_sittings_keep_what_is_done_and_say_what_is_missing(tmp
 def test_baselines_refuse_unknown_models_and_missing_searches(tmp_path):
     config = str(_tiny_config(tmp_path))
     search = fake_search_dir(tmp_path / "search")
-    with pytest.raises(SystemExit, match="unknown model.*random-7"):
+    with pytest.raises(ConfigError, match="unknown model.*random-7"):
         baselines.main(["--config", config, "--search", str(search), "--random", "2", "--only", "random-7"])
-    with pytest.raises(SystemExit, match="result.json not found"):
+    with pytest.raises(ConfigError, match="result.json not found"):
         baselines.main(["--config", config, "--search", str(tmp_path / "nowhere")])
 
 

@@ -9,7 +9,7 @@ import yaml
 
 from conftest import REPO
 
-from nni_visplugin.check import check_experiment
+from nni_visplugin.hpo.check import check_experiment
 
 BASE = yaml.safe_load((REPO / "experiments" / "darts.yml").read_text())
 
@@ -99,7 +99,7 @@ def test_malformed_yaml_names_the_line(tmp_path):
 
 
 def test_latency_table_of_another_space(tmp_path):
-    from nni_visplugin.latency import load_or_measure
+    from nni_visplugin.nas.latency import load_or_measure
 
     from spaces_helpers import tiny_kwargs
 
@@ -140,7 +140,7 @@ def test_known_channels_are_those_of_the_images_read(tmp_path):
     """The table the config is checked against agrees with the loaders, grayscale image folders included."""
     from PIL import Image
 
-    from nni_visplugin.data import CHANNELS, load_dataset
+    from nni_visplugin.data.datasets import CHANNELS, load_dataset
 
     for label in ("a", "b"):
         (tmp_path / label).mkdir()
@@ -153,8 +153,9 @@ def test_known_channels_are_those_of_the_images_read(tmp_path):
 def test_run_search_refuses_other_channels_before_building_anything(tmp_path, monkeypatch):
     import dataclasses
 
-    from nni_visplugin import search
-    from nni_visplugin.config import ConfigError, SearchConfig
+    from nni_visplugin.stages import search
+    from nni_visplugin.utils.errors import ConfigError
+    from nni_visplugin.config.search import SearchConfig
 
     def built(*args, **kwargs):
         raise AssertionError("the search built its space or strategy before checking the channels")
@@ -170,8 +171,9 @@ def test_run_search_refuses_other_channels_before_building_anything(tmp_path, mo
 
 
 def test_trial_refuses_other_channels_at_start_up(tmp_path, monkeypatch):
-    from nni_visplugin import search, trial
-    from nni_visplugin.config import ConfigError
+    from nni_visplugin import trial
+    from nni_visplugin.stages import search
+    from nni_visplugin.utils.errors import ConfigError
 
     monkeypatch.setattr(search, "run_search", lambda *a, **k: pytest.fail("the trial started a search"))
     with pytest.raises(ConfigError, match="space.in_channels=3 but dataset fashion-mnist has 1-channel images"):

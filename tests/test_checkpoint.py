@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from nni_visplugin import create_strategy
-from nni_visplugin.checkpoint import CheckpointError, SearchCheckpoints
-from nni_visplugin.data import TensorLoader
+from nni_visplugin.utils.checkpoints import CheckpointError, SearchCheckpoints
+from nni_visplugin.data.loader import TensorLoader
 
 from spaces_helpers import tiny_space
 

@@ -7,8 +7,8 @@ import torch
 from nni.nas.nn.pytorch import InputChoice, LayerChoice
 
 from nni_visplugin import create_strategy, list_spaces, list_strategies
-from nni_visplugin.data import TensorLoader
-from nni_visplugin.search import build_fixed_model, validate_arch
+from nni_visplugin.data.loader import TensorLoader
+from nni_visplugin.nas.fixed import build_fixed_model, validate_arch
 
 from spaces_helpers import tiny_kwargs, tiny_space
 

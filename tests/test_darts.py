@@ -9,9 +9,11 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from nni_visplugin import create_space, create_strategy
-from nni_visplugin.data import TensorLoader
-from nni_visplugin.strategies.darts import DartsStrategy, _split_params, unrolled_arch_gradient
-from nni_visplugin.supernet import MixedInput, MixedOp, arch_parameters, derive_architecture
+from nni_visplugin.data.loader import TensorLoader
+from nni_visplugin.nas.strategies.darts import DartsStrategy, unrolled_arch_gradient
+from nni_visplugin.nas.strategies.base import split_params
+from nni_visplugin.nas.relax import MixedInput, MixedOp, arch_parameters
+from nni_visplugin.nas.derive import derive_architecture
 
 from spaces_helpers import tiny_space  # noqa: E402  (tests/spaces_helpers.py)
 
@@ -37,7 +39,7 @@ def test_second_order_gradient_matches_finite_differences(space_name):
     """grad_alpha of L_a(w - xi * grad_w L_w(w, alpha), alpha), computed by central differences in
     alpha, agrees with the unrolled approximation with its finite-difference Hessian-vector product."""
     supernet = _tiny_supernet(space_name)
-    names, weights, alphas = _split_params(supernet)
+    names, weights, alphas = split_params(supernet)
     batch_w, batch_a = _batch(1), _batch(2)
     xi, momentum, wd = 0.05, 0.9, 3e-4
     bufs = [0.01 * torch.randn_like(w) for w in weights]
@@ -85,7 +87,7 @@ def test_second_order_gradient_matches_finite_differences(space_name):
 
 def test_second_order_leaves_weights_and_batchnorm_stats_untouched():
     supernet = _tiny_supernet()
-    names, weights, alphas = _split_params(supernet)
+    names, weights, alphas = split_params(supernet)
     before = {k: v.clone() for k, v in supernet.state_dict().items()}
     unrolled_arch_gradient(supernet, F.cross_entropy, names, weights, alphas, _batch(1), _batch(2), xi=0.1)
     for k, v in supernet.state_dict().items():

@@ -7,7 +7,7 @@ import struct
 import numpy as np
 import pytest
 
-from nni_visplugin.data import DatasetError, load_dataset
+from nni_visplugin.data.datasets import DatasetError, load_dataset
 
 
 def test_digits_splits_are_fixed_disjoint_and_test_free_by_default():

@@ -11,10 +11,11 @@ import pytest
 import torch
 
 import nni_visplugin
-from nni_visplugin import export as export_module
-from nni_visplugin.data import load_dataset
-from nni_visplugin.export import ExportError, export_model
-from nni_visplugin.retrain import RetrainConfig, retrain
+from nni_visplugin.stages import export as export_module
+from nni_visplugin.data.datasets import load_dataset
+from nni_visplugin.stages.export import ExportError, export_model
+from nni_visplugin.config.retrain import RetrainConfig
+from nni_visplugin.stages.retrain import retrain
 
 from retrain_helpers import fake_search_dir
 

@@ -12,13 +12,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from nni_visplugin import create_space, fastconv
-from nni_visplugin.data import TensorLoader
-from nni_visplugin.fastconv import FastDepthwiseConv2d, applies, depthwise_conv2d, enable_fast_depthwise
-from nni_visplugin.search import build_fixed_model
-from nni_visplugin.strategies.darts import DartsStrategy, _split_params
-from nni_visplugin.supernet import arch_parameters
-from nni_visplugin.training import train_from_scratch
+from nni_visplugin import create_space
+from nni_visplugin.nas import fastconv
+from nni_visplugin.data.loader import TensorLoader
+from nni_visplugin.nas.fastconv import FastDepthwiseConv2d, applies, depthwise_conv2d, enable_fast_depthwise
+from nni_visplugin.nas.fixed import build_fixed_model
+from nni_visplugin.nas.strategies.darts import DartsStrategy
+from nni_visplugin.nas.strategies.base import split_params
+from nni_visplugin.nas.relax import arch_parameters
+from nni_visplugin.nas.training import train_from_scratch
 
 from spaces_helpers import tiny_space  # noqa: E402
 
@@ -111,7 +113,7 @@ def _supernet_step(monkeypatch, fast: bool, **settings):
             a.copy_(torch.randn(a.shape, dtype=torch.float64))
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(12, 1, 8, 8, generator=g, dtype=torch.float64), torch.randint(0, 3, (12,), generator=g)
-    _, weights, alphas = _split_params(supernet)
+    _, weights, alphas = split_params(supernet)
     loss = F.cross_entropy(supernet(x), y)
     return loss.detach(), torch.autograd.grad(loss, alphas + weights, allow_unused=True), n_fast
 

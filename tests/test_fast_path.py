@@ -12,10 +12,11 @@ import torch
 import torch.nn.functional as F
 
 from nni_visplugin import create_space
-from nni_visplugin.data import TensorLoader
-from nni_visplugin.strategies.darts import DartsStrategy, _split_params
-from nni_visplugin.supernet import arch_parameters
-from nni_visplugin.training import memory_format, to_layout, train_from_scratch
+from nni_visplugin.data.loader import TensorLoader
+from nni_visplugin.nas.strategies.darts import DartsStrategy
+from nni_visplugin.nas.strategies.base import split_params
+from nni_visplugin.nas.relax import arch_parameters
+from nni_visplugin.nas.training import memory_format, to_layout, train_from_scratch
 
 from spaces_helpers import tiny_space  # noqa: E402
 
@@ -34,7 +35,7 @@ def _loss_and_alpha_grads(fmt: torch.memory_format, **settings):
     supernet.to(memory_format=fmt).train()
     x, y = _data()
     x = x.double().contiguous(memory_format=fmt)
-    _, _, alphas = _split_params(supernet)
+    _, _, alphas = split_params(supernet)
     loss = F.cross_entropy(supernet(x), y)
     return loss.detach(), [g.detach() for g in torch.autograd.grad(loss, alphas)]
 
@@ -117,7 +118,7 @@ def _step(checkpoint_edges: bool, **settings):
         for a in arch_parameters(supernet).values():
             a.copy_(torch.randn(a.shape, dtype=torch.float64))
     x, y = _data()
-    _, weights, alphas = _split_params(supernet)
+    _, weights, alphas = split_params(supernet)
     loss = F.cross_entropy(supernet(x.double()), y)
     grads = torch.autograd.grad(loss, alphas + weights, allow_unused=True)
     stats = {k: v.clone() for k, v in supernet.state_dict().items() if "running" in k or "num_batches" in k}
@@ -129,7 +130,7 @@ def test_checkpointed_edges_give_the_same_loss_gradients_and_running_stats(setti
     share = settings.get("checkpoint_share", 1.0)
     ref_loss, ref_grads, ref_stats, _ = _step(False, **{k: v for k, v in settings.items() if k != "checkpoint_share"})
     loss, grads, stats, supernet = _step(True, **settings)
-    from nni_visplugin.supernet import MixedOp
+    from nni_visplugin.nas.relax import MixedOp
 
     flags = [m.checkpoint for m in supernet.modules() if isinstance(m, MixedOp)]
     # the first ceil(share * n) edges in module order, the first cells', recompute; the rest do not
@@ -154,7 +155,7 @@ def test_checkpointed_edges_refuse_second_order():
 
 
 def _fused_step(monkeypatch, fused: bool, **settings):
-    from nni_visplugin import supernet as sn_module
+    from nni_visplugin.nas import relax as sn_module
 
     monkeypatch.setattr(sn_module.MixedOp, "fused", fused)
     calls = {"scaled_norm": 0}
@@ -174,7 +175,7 @@ def _fused_step(monkeypatch, fused: bool, **settings):
 def test_fused_edges_give_the_reference_loss_gradients_and_running_stats(monkeypatch, settings):
     ref_loss, ref_grads, ref_stats, _, ref_calls = _fused_step(monkeypatch, False, **settings)
     loss, grads, stats, supernet, calls = _fused_step(monkeypatch, True, **settings)
-    from nni_visplugin.supernet import MixedOp
+    from nni_visplugin.nas.relax import MixedOp
 
     # every candidate that closes with an affine-free batch norm (the convolutions and the pools)
     # took its weight inside it, once per forward (plus once per recomputation when checkpointed)
@@ -196,7 +197,7 @@ def test_fused_edges_give_the_reference_loss_gradients_and_running_stats(monkeyp
 def test_fused_edges_in_float32_channels_last_at_full_width(monkeypatch):
     """The layout and width a CPU search runs at: the batch norm's channels-last kernel reads its
     weight as a dense vector, so a broadcast (stride-0) scale gave NaN gradients here."""
-    from nni_visplugin import supernet as sn_module
+    from nni_visplugin.nas import relax as sn_module
 
     def loss_and_grads(fused: bool):
         monkeypatch.setattr(sn_module.MixedOp, "fused", fused)
@@ -204,7 +205,7 @@ def test_fused_edges_in_float32_channels_last_at_full_width(monkeypatch):
         space = create_space("darts_cell", width=16, num_cells=3, image_size=16, in_channels=3, num_classes=10)
         supernet = DartsStrategy(epochs=1).build_supernet(space).train().to(memory_format=torch.channels_last)
         x, y = _data(8, 16, channels=3)
-        _, _, alphas = _split_params(supernet)
+        _, _, alphas = split_params(supernet)
         loss = F.cross_entropy(supernet(x.contiguous(memory_format=torch.channels_last)), y)
         return loss.detach(), torch.autograd.grad(loss, alphas)
 
@@ -218,7 +219,7 @@ def test_fused_edges_in_float32_channels_last_at_full_width(monkeypatch):
 
 def test_hooked_candidates_run_whole(monkeypatch):
     """A candidate with a forward hook (someone measuring it) is run as a module, not unrolled."""
-    from nni_visplugin.supernet import MixedOp
+    from nni_visplugin.nas.relax import MixedOp
 
     torch.manual_seed(0)
     supernet = DartsStrategy(epochs=1).build_supernet(tiny_space("darts_cell")).train()

@@ -13,7 +13,7 @@ import yaml
 from conftest import REPO, run_experiment
 
 import nni_visplugin
-from nni_visplugin.config import SearchConfig
+from nni_visplugin.config.search import SearchConfig
 from nni_visplugin.tuners import OptunaTuner
 
 
@@ -141,7 +141,7 @@ from nni.nas.evaluator.pytorch import Classification
 from nni.nas.experiment import NasExperiment
 from torch.utils.data import DataLoader, TensorDataset
 import nni_visplugin
-from nni_visplugin.data import load_dataset
+from nni_visplugin.data.datasets import load_dataset
 
 splits = load_dataset("digits", max_train_samples=200)
 train = DataLoader(TensorDataset(*splits.train), batch_size=50)

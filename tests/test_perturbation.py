@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from nni_visplugin import create_space
-from nni_visplugin.data import TensorLoader
-from nni_visplugin.strategies.darts import DartsConfig, DartsStrategy
-from nni_visplugin.supernet import (MixedInput, MixedOp, arch_parameters, derive_architecture,
-                                    select_inputs_by_perturbation, select_ops_by_perturbation)
+from nni_visplugin.data.loader import TensorLoader
+from nni_visplugin.nas.strategies.darts import DartsConfig, DartsStrategy
+from nni_visplugin.nas.relax import MixedInput, MixedOp, arch_parameters
+from nni_visplugin.nas.derive import derive_architecture, select_inputs_by_perturbation, select_ops_by_perturbation
 
 from spaces_helpers import tiny_kwargs  # noqa: E402
 

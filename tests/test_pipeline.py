@@ -13,8 +13,8 @@ import yaml
 from conftest import REPO, free_port, run_in_netns
 from nni_driver import _kill_leftovers
 
-from nni_visplugin.config import ConfigError
-from nni_visplugin.pipeline import PipelineConfig
+from nni_visplugin.utils.errors import ConfigError
+from nni_visplugin.config.pipeline import PipelineConfig
 
 
 def _tiny_pipeline(tmp_path: Path) -> Path:
@@ -99,7 +99,7 @@ def test_seeds_side_by_side_match_one_after_another(tmp_path):
     the other in this process: same weights' accuracy, same curve; a finished seed is not redone."""
     from retrain_helpers import fake_search_dir
 
-    from nni_visplugin.pipeline import retrain_seeds
+    from nni_visplugin.stages.pipeline import retrain_seeds
 
     arch = fake_search_dir(tmp_path / "search") / "arch.json"
     doc = {"experiment": {}, "pipeline": {"retrain": {"dataset": "digits", "epochs": 2, "width": 8, "threads": 1,
@@ -158,7 +158,7 @@ def test_command_line_seeds_jobs_and_threads_replace_the_configs(tmp_path):
 
 
 def test_shipped_pipeline_config_is_valid(tmp_path):
-    from nni_visplugin.check import check_experiment
+    from nni_visplugin.hpo.check import check_experiment
 
     cfg = PipelineConfig.load(REPO / "experiments" / "fashion_mnist.yml")
     assert cfg.retrain["dataset"] == "fashion-mnist" and cfg.seeds
@@ -169,7 +169,7 @@ def test_shipped_pipeline_config_is_valid(tmp_path):
 
 def test_gpu_pipeline_config_differs_from_the_cpu_one_only_in_where_it_runs():
     """The GPU row of RESULTS.md must be the same pipeline: same space, searches, tuner and recipe."""
-    from nni_visplugin.check import check_experiment
+    from nni_visplugin.hpo.check import check_experiment
 
     cpu = yaml.safe_load((REPO / "experiments" / "fashion_mnist.yml").read_text())
     gpu = yaml.safe_load((REPO / "experiments" / "fashion_mnist_gpu.yml").read_text())
@@ -185,7 +185,7 @@ def test_gpu_pipeline_config_differs_from_the_cpu_one_only_in_where_it_runs():
 
 def test_check_reads_pipeline_configs(tmp_path):
     """`nni-visplugin check` takes a pipeline config as it is: its pipeline section and its experiment."""
-    from nni_visplugin.check import check_experiment
+    from nni_visplugin.hpo.check import check_experiment
 
     assert check_experiment(REPO / "experiments" / "fashion_mnist.yml") == []
     doc = yaml.safe_load((REPO / "experiments" / "fashion_mnist.yml").read_text())

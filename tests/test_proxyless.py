@@ -9,11 +9,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from nni_visplugin import create_strategy
-from nni_visplugin.data import TensorLoader
-from nni_visplugin.latency import LatencyTable, TableMismatch, load_or_measure, measure_model, measure_table
-from nni_visplugin.search import build_fixed_model
-from nni_visplugin.strategies.darts import _split_params
-from nni_visplugin.strategies.proxyless import BinaryGateOp, ProxylessStrategy, _Sampler
+from nni_visplugin.data.loader import TensorLoader
+from nni_visplugin.nas.latency import TableMismatch, load_or_measure, measure_model
+from nni_visplugin.nas.fixed import build_fixed_model
+from nni_visplugin.nas.strategies.base import split_params
+from nni_visplugin.nas.strategies.proxyless import BinaryGateOp, ProxylessStrategy, _Sampler
 
 from spaces_helpers import tiny_kwargs, tiny_space
 
@@ -89,7 +89,7 @@ def test_arch_gradient_is_the_papers_binary_gate_estimator():
 
 def test_arch_step_keeps_the_sampled_pair_mass_and_leaves_other_paths():
     strategy, supernet = _supernet()
-    names, weights, alphas = _split_params(supernet)
+    names, weights, alphas = split_params(supernet)
     with torch.no_grad():
         for a in alphas:
             a.normal_()
@@ -135,7 +135,7 @@ def test_table_predicts_the_sum_of_chosen_operations_and_gates_unchosen_edges(tm
 
 def test_table_is_reused_when_it_matches_and_rebuilt_when_not(tmp_path, monkeypatch):
     path, table = _table(tmp_path)
-    import nni_visplugin.latency as latency
+    import nni_visplugin.nas.latency as latency
 
     measured = []
     real = latency.measure_table

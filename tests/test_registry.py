@@ -8,7 +8,7 @@ import textwrap
 import pytest
 
 import nni_visplugin
-from nni_visplugin.registry import Registry
+from nni_visplugin.utils.registry import Registry
 
 
 def test_builtin_names():

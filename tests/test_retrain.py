@@ -12,11 +12,16 @@ import pytest
 import torch
 
 import nni_visplugin
-from nni_visplugin import retrain as retrain_module
-from nni_visplugin.config import ConfigError, SearchConfig
-from nni_visplugin.data import TensorLoader, load_dataset
-from nni_visplugin.retrain import RetrainConfig, TensorAugment, count_flops, make_augment, retrain
-from nni_visplugin.training import evaluate, train_from_scratch
+from nni_visplugin.stages import retrain as retrain_module
+from nni_visplugin.utils.errors import ConfigError
+from nni_visplugin.config.search import SearchConfig
+from nni_visplugin.data.loader import TensorLoader
+from nni_visplugin.data.datasets import load_dataset
+from nni_visplugin.config.retrain import RetrainConfig
+from nni_visplugin.data.augment import TensorAugment, make_augment
+from nni_visplugin.nas.fixed import count_flops
+from nni_visplugin.stages.retrain import retrain
+from nni_visplugin.nas.training import evaluate, train_from_scratch
 
 from retrain_helpers import fake_search_dir
 

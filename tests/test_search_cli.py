@@ -4,15 +4,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 from nni.nas.nn.pytorch import InputChoice, LayerChoice
 
 import nni_visplugin
-from nni_visplugin.config import ConfigError, SearchConfig
-from nni_visplugin.data import load_dataset
+from nni_visplugin.utils.errors import ConfigError
+from nni_visplugin.config.search import SearchConfig
+from nni_visplugin.data.datasets import load_dataset
 
 CLI = [sys.executable, "-m", "nni_visplugin.cli"]
 

@@ -8,7 +8,7 @@ import sys
 import optuna
 import pytest
 
-from nni_visplugin.studies import StudyError, open_study, param_importances, pareto_front
+from nni_visplugin.hpo.studies import StudyError, open_study, param_importances, pareto_front
 
 
 def _cli(*args, env=None):

@@ -197,7 +197,7 @@ def test_sqlite_study_locked_by_a_concurrent_writer_waits_instead_of_failing(tmp
 
 
 def test_storage_password_never_reaches_the_log(caplog):
-    from nni_visplugin.tuners.optuna_tuner import redact
+    from nni_visplugin.hpo.study import redact
 
     assert redact("postgresql://user:s3cret@127.0.0.1:5432/db") == "postgresql://user:***@127.0.0.1:5432/db"
     with caplog.at_level("INFO"):

@@ -1,0 +1,1 @@
+"""Datasets into train / validation (/ test) splits, loaders and augmentation."""

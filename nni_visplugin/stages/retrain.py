@@ -1,0 +1,338 @@
+"""Retrain a derived architecture from scratch and measure it on the test split, as DARTS does.
+
+The architecture is a search's ``arch.json``; the ``result.json`` next to it names the space and
+its keyword arguments. The network may be retrained wider and deeper than it was searched
+(``width`` / ``cells``, for spaces that take ``width`` / ``num_cells``), always with affine batch norm.
+
+Data: ``load_dataset(..., with_test=True)`` (``with_test=False`` with ``holdout_val``). By default
+the network trains on the whole training set, the training and validation splits together (as the
+paper does), and no validation accuracy is reported; the test split is read exactly once, after
+the last epoch. With ``holdout_val`` it trains on the training split alone, measures the validation
+accuracy after every epoch and never loads the test split (``test_accuracy`` is null): that is the
+mode for comparing recipes or architectures, so that no choice can be made on the test split.
+
+Recipe: SGD with Nesterov momentum 0.9, weight decay 3e-4, cosine schedule (optionally after a
+linear warm-up), label smoothing 0.1, gradient clipping at norm 5, and augmentation on the tensors
+of every batch: random crop with padding (1 pixel for 8x8 images, 2 for 28x28, 4 for 32x32) and,
+except for digits, horizontal flip. On the CPU a run is reproducible under a fixed seed and thread
+count: initial weights, batch order and augmentation draws all come from seeded generators.
+
+Files written into the output directory:
+
+- ``metrics.json``: test accuracy, parameters, FLOPs, latency, the training curve, the recipe, provenance;
+- ``arch.json`` and ``result.json``: what :func:`nni_visplugin.load_model` needs to rebuild the network;
+- ``model.pt``: the trained weights (a state dict; load with ``weights_only=True``).
+
+Nothing is lost when a retraining is cut short: after every epoch the weights, the optimiser, the
+schedule, the generators and the curve go to ``checkpoints/epoch-NNNN.pt`` (written atomically,
+the newest two kept), and the same command on the same output directory continues from the last
+complete epoch, with the same result as a run never interrupted (same seed and thread count). A
+checkpoint of a different retraining (another architecture, recipe, seed or dataset) is refused
+with the differences named; ``resume=False`` (``--fresh``) deletes it and starts over. The
+checkpoints are removed once ``metrics.json`` is written.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from nni_visplugin.config.retrain import RetrainConfig
+from nni_visplugin.config.search import DATA_KWARGS
+from nni_visplugin.data.augment import make_augment
+from nni_visplugin.data.datasets import CHANNELS, load_dataset
+from nni_visplugin.data.loader import TensorLoader
+from nni_visplugin.nas.fixed import build_fixed_model, count_flops, data_kwargs
+from nni_visplugin.nas.training import evaluate, train_from_scratch
+from nni_visplugin.utils.checkpoints import CheckpointError, SearchCheckpoints
+from nni_visplugin.utils.devices import resolve_device
+from nni_visplugin.utils.errors import ConfigError
+from nni_visplugin.utils.files import write_json
+from nni_visplugin.utils.registry import SPACES, factory_parameters
+from nni_visplugin.utils.seeding import rng_state, seed_everything, set_rng_state
+
+__all__ = ["retrain", "read_search", "retrain_kwargs", "epoch_line"]
+
+_logger = logging.getLogger(__name__)
+
+
+def read_search(arch: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any], Path]:
+    """The architecture and the ``result.json`` beside it; ``arch`` is the file or its directory.
+
+    Raises :class:`ConfigError` naming the file when either is missing, corrupt or incomplete.
+    """
+    path = Path(arch).expanduser()
+    if path.is_dir():
+        path = path / "arch.json"
+    result_path = path.parent / "result.json"
+    loaded = []
+    for p, what in ((path, "architecture"), (result_path, "search result")):
+        try:
+            loaded.append(json.loads(p.read_text()))
+        except FileNotFoundError:
+            raise ConfigError(f"{what} file {p} is missing; --arch takes the arch.json of a search output directory") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"{what} file {p} is unreadable or corrupt: {exc}") from None
+    arch_dict, result = loaded
+    if not isinstance(arch_dict, dict):
+        raise ConfigError(f"{path} must hold a JSON object of label -> choice, not {type(arch_dict).__name__}")
+    if not isinstance(result, dict) or not isinstance(result.get("space"), str) \
+            or not isinstance(result.get("space_kwargs", result.get("search_space_kwargs")), dict):
+        raise ConfigError(f"{result_path} names no space and space_kwargs: it is not a search's result.json")
+    return arch_dict, result, path
+
+
+def _searched_channels(result: dict[str, Any]) -> int | None:
+    shape = result.get("input_shape")
+    if isinstance(shape, list) and len(shape) == 3:
+        return shape[0]
+    return (result.get("search_space_kwargs") or {}).get("in_channels")
+
+
+def retrain_kwargs(result: dict[str, Any], data: dict[str, int], width: int = 0, cells: int = 0) -> dict[str, Any]:
+    """Keyword arguments of the retrained network: the search's measured network, resized, fitted to ``data``."""
+    space = result["space"]
+    try:
+        accepted = factory_parameters(SPACES.get(space))
+    except KeyError as exc:
+        raise ConfigError(exc.args[0]) from None
+    kwargs = {k: v for k, v in (result.get("space_kwargs") or result["search_space_kwargs"]).items()
+              if k not in DATA_KWARGS}
+    if "affine" in accepted:
+        kwargs["affine"] = True  # fixed networks learn their batch-norm scale and shift
+    for value, key, flag in ((width, "width", "--width"), (cells, "num_cells", "--cells")):
+        if not value:
+            continue
+        if key not in accepted:
+            settable = ", ".join(n for n in accepted if n not in DATA_KWARGS)
+            raise ConfigError(f"space {space!r} has no {key!r} argument, so {flag} cannot resize it (it takes {settable})")
+        kwargs[key] = value
+    return {**kwargs, **data}
+
+
+def _fingerprint(config: RetrainConfig, space: str, kwargs: dict[str, Any], arch: dict[str, Any],
+                 num_train: int) -> dict[str, Any]:
+    """What makes two retrainings the same run, as JSON values: a checkpoint continues only its own."""
+    raw = {"arch": arch, "space": space, "space_kwargs": kwargs, "dataset": config.dataset, "seed": config.seed,
+           "num_train_samples": num_train, **config.recipe()}
+    return json.loads(json.dumps(raw, sort_keys=True))
+
+
+def _resume_state(checkpoints: SearchCheckpoints, fingerprint: dict[str, Any], resume: bool) -> dict[str, Any] | None:
+    """The newest checkpoint in ``checkpoints`` when it belongs to this retraining; None when there is none.
+
+    With ``resume`` False the checkpoints are deleted. One of another retraining is refused, naming
+    what differs, and so is a directory of checkpoints none of which can be read.
+    """
+    if not checkpoints.files():
+        return None
+    if not resume:
+        shutil.rmtree(checkpoints.directory)
+        _logger.info("removed the checkpoints in %s: starting over", checkpoints.directory)
+        return None
+    try:
+        path, state = checkpoints.load_latest()
+    except CheckpointError as exc:
+        raise ConfigError(f"{exc} (--fresh deletes them)") from None
+    try:
+        theirs = json.loads(state.get("fingerprint", ""))
+    except (TypeError, ValueError):
+        theirs = {}
+    if theirs != fingerprint:
+        differ = sorted(k for k in set(theirs) | set(fingerprint) if theirs.get(k) != fingerprint.get(k))
+        raise ConfigError(f"{path} is a checkpoint of another retraining (it differs in {', '.join(differ)}); "
+                          f"run with the same settings to continue it, or with --fresh to delete it and start over")
+    return state
+
+
+def epoch_line(entry: dict[str, Any], epochs: int) -> str:
+    """One epoch's record as the line printed where no bar is shown (models trained side by side)."""
+    return (f"epoch {entry['epoch'] + 1}/{epochs} loss {entry['train_loss']:.4f} "
+            f"train accuracy {entry['train_accuracy']:.4f} ({entry['seconds']:.0f} s)")
+
+
+class _Progress:
+    """An iterable over ``loader`` that advances one tqdm bar per batch, across all epochs."""
+
+    def __init__(self, loader: TensorLoader, bar: Any):
+        self.loader, self.bar = loader, bar
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for batch in self.loader:
+            yield batch
+            self.bar.update(1)
+
+
+def retrain(config: RetrainConfig, out_dir: str | os.PathLike, *,
+            on_epoch: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Train the architecture of ``config.arch`` from scratch; write the files; return ``metrics.json``.
+
+    ``on_epoch`` receives each epoch's record (loss, accuracy, learning rate, seconds and, with
+    ``holdout_val``, validation accuracy).
+    """
+    started = time.time()
+    arch, result, arch_path = read_search(config.arch)
+    space = result["space"]
+    # Refused before any data is read: the stem's channels are the one thing a dataset must share.
+    searched = _searched_channels(result)
+    channels = CHANNELS[config.dataset]
+    if searched is not None and searched != channels:
+        raise ConfigError(f"{arch_path} was searched on {searched}-channel images ({result.get('dataset', 'its dataset')}) "
+                          f"but dataset {config.dataset} has {channels}-channel images")
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    try:
+        device = resolve_device(config.device)
+    except RuntimeError as exc:
+        raise ConfigError(str(exc)) from None
+
+    splits = load_dataset(config.dataset, config.data_dir, max_train_samples=config.max_train_samples,
+                          image_size=config.image_size, with_test=not config.holdout_val)
+    kwargs = retrain_kwargs(result, data_kwargs(splits), config.width, config.cells)
+    seed_everything(config.seed)
+    try:
+        model = build_fixed_model(space, kwargs, arch).to(device)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{arch_path} does not fit space {space!r} on {config.dataset}: {exc}") from None
+
+    if config.holdout_val:
+        x, y = splits.train
+    else:
+        x, y = torch.cat([splits.train[0], splits.val[0]]), torch.cat([splits.train[1], splits.val[1]])
+    loader = TensorLoader(x, y, config.batch_size, shuffle=True, seed=config.seed)
+    val_loader = TensorLoader(*splits.val, batch_size=256) if config.holdout_val else None
+    augment = make_augment(config.augment, config.dataset, splits.input_shape, splits.mean, splits.std, config.seed + 1,
+                           config.erase)
+    num_params = sum(p.numel() for p in model.parameters())
+    _logger.info("retraining %s (%d parameters) on %d %s images for %d epochs on %s", space, num_params, len(x),
+                 config.dataset, config.epochs, device)
+
+    out = Path(out_dir)
+    fingerprint = _fingerprint(config, space, kwargs, arch, len(x))
+    checkpoints = SearchCheckpoints(out / "checkpoints")
+    state = _resume_state(checkpoints, fingerprint, config.resume)
+    curve: list[dict[str, Any]] = []
+    done_epochs, seconds_before, wall_before, resumed_at = 0, 0.0, 0.0, []
+    if state is not None:
+        model.load_state_dict(state["model"])
+        loader.load_state_dict(state["loader"])
+        if augment is not None:
+            augment.load_state_dict(state["augment"])
+        set_rng_state(state["rng"])
+        curve = list(state["curve"])
+        done_epochs = int(state["epoch"])
+        seconds_before, wall_before = float(state["train_seconds"]), float(state["wall_seconds"])
+        resumed_at = [*state["resumed_at"], done_epochs]
+        _logger.info("resuming the retraining in %s after epoch %d of %d", out, done_epochs, config.epochs)
+
+    from tqdm import tqdm
+
+    # Redirected to a file, the bar updates every 30 s instead of many times a second.
+    interactive = getattr(sys.stderr, "isatty", lambda: False)()
+    bar = tqdm(total=config.epochs * len(loader), desc=f"retrain {space}", unit="batch",
+               disable=not config.progress, leave=False, mininterval=0.1 if interactive else 30.0,
+               initial=done_epochs * len(loader))
+
+    def record(entry: dict[str, Any]) -> None:
+        if val_loader is not None:
+            entry["val_accuracy"] = evaluate(model, val_loader, device)
+        curve.append(entry)
+        bar.set_postfix(epoch=entry["epoch"], loss=f"{entry['train_loss']:.3f}", acc=f"{entry['train_accuracy']:.3f}")
+
+    def save(epoch: int, train_state: dict[str, Any]) -> None:
+        # Before the caller hears of the epoch: whatever it does then, the epoch is kept.
+        checkpoints.save(epoch + 1, {
+            "model": model.state_dict(), "loader": loader.state_dict(),
+            "augment": augment.state_dict() if augment is not None else None, "rng": rng_state(), "curve": curve,
+            "train_seconds": seconds_before + time.time() - train_start,
+            "wall_seconds": wall_before + time.time() - started, "resumed_at": resumed_at,
+            "fingerprint": json.dumps(fingerprint, sort_keys=True), **train_state})
+        if on_epoch is not None:
+            on_epoch(curve[-1])
+
+    train_start = time.time()
+    resume = None if state is None else {k: state[k] for k in ("epoch", "optimizer", "scheduler")}
+    try:
+        train_from_scratch(model, _Progress(loader, bar), config.epochs, lr=config.lr, momentum=config.momentum,
+                           weight_decay=config.weight_decay, label_smoothing=config.label_smoothing,
+                           grad_clip=config.grad_clip, device=device, warmup_epochs=config.warmup_epochs,
+                           augment=augment, on_record=record, resume=resume, on_checkpoint=save)
+    finally:
+        bar.close()
+    train_seconds = seconds_before + time.time() - train_start
+    model.eval()
+
+    # The one and only read of the test split.
+    test_accuracy = None if splits.test is None else evaluate(model, TensorLoader(*splits.test, batch_size=256), device)
+    model.to(memory_format=torch.contiguous_format)  # saved, measured and exported in the default layout
+
+    from nni_visplugin.nas.latency import measure_model
+
+    flops = count_flops(model, splits.input_shape)
+    latency_ms = measure_model(model, splits.input_shape, device, batch_size=1, rounds=config.latency_rounds)
+
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), out / "model.pt")
+    write_json(out / "arch.json", arch)
+    rebuild = {
+        "kind": "retrain",
+        "space": space,
+        "space_kwargs": kwargs,
+        "search_space_kwargs": result.get("search_space_kwargs", kwargs),
+        "input_shape": list(splits.input_shape),
+        "num_classes": splits.num_classes,
+        "normalization": {"mean": splits.mean, "std": splits.std},
+        "dataset": config.dataset,
+        "test_accuracy": test_accuracy,
+        "num_params": num_params,
+        "source": str(arch_path),
+    }
+    write_json(out / "result.json", rebuild)
+    metrics = {
+        "test_accuracy": test_accuracy,
+        "val_accuracy": curve[-1]["val_accuracy"] if config.holdout_val else None,
+        "train_split": "train" if config.holdout_val else "train+val",
+        "num_train_samples": len(x),
+        "num_test_samples": 0 if splits.test is None else len(splits.test[1]),
+        "test_split": "not read (holdout_val)" if splits.test is None else "read once, after the last epoch",
+        "num_params": num_params,
+        "flops": flops,
+        "flops_note": "FLOPs of one image, 2 per multiply-add of convolutions and linear layers (torch FlopCounterMode)",
+        "latency_ms": latency_ms,
+        "latency_batch_size": 1,
+        "seed": config.seed,
+        "epochs": config.epochs,
+        "wall_seconds": wall_before + time.time() - started,
+        "train_seconds": train_seconds,
+        "resumed_at_epochs": resumed_at,
+        "curve": curve,
+        "recipe": {**config.recipe(), **(augment.describe() if augment else {"crop_padding": 0, "horizontal_flip": False, "random_erasing": 0.0})},
+        "dataset": config.dataset,
+        "input_shape": list(splits.input_shape),
+        "num_classes": splits.num_classes,
+        "normalization": {"mean": splits.mean, "std": splits.std},
+        "space": space,
+        "space_kwargs": kwargs,
+        "arch": arch,
+        "source": str(arch_path),
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "torch_version": torch.__version__,
+        "config": asdict(config),
+    }
+    write_json(out / "metrics.json", metrics)
+    shutil.rmtree(checkpoints.directory, ignore_errors=True)  # the run is complete: model.pt holds its weights
+    _logger.info("retrained %s: test accuracy %.4f, %d parameters, %.3f ms; files in %s", space, test_accuracy,
+                 num_params, latency_ms, out)
+    return metrics
