@@ -9,8 +9,16 @@ from pathlib import Path
 from typing import Any
 
 from nni_visplugin import _compat  # noqa: F401
+from nni_visplugin.utils.errors import EXIT_USAGE, ConfigError
 
 DEFAULT_EXPERIMENT_ROOT = Path("~/nni-experiments")
+
+EXIT_CODES = """exit codes:
+  0  done
+  1  the command ran and found problems (check), or a best/pareto query found nothing
+  2  a mistake in the command line or a config, a missing or unreadable file: one line on stderr,
+     nni-visplugin: error: <what is wrong and what is accepted>
+"""
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -43,7 +51,6 @@ def _cmd_search(args: argparse.Namespace) -> int:
 def _cmd_latency(args: argparse.Namespace) -> int:
     from nni_visplugin.config.search import SearchConfig, parse_assignments
     from nni_visplugin.nas.latency import load_or_measure
-    from nni_visplugin.utils.errors import ConfigError
 
     overrides = parse_assignments(args.set)
     bad = [k for k in overrides if not k.startswith("space.")]
@@ -116,7 +123,7 @@ def _trial_results(experiment: str, root: Path) -> tuple[Path, list[dict[str, An
     if not exp_dir.is_dir():
         exp_dir = root.expanduser() / experiment
     if not exp_dir.is_dir():
-        raise FileNotFoundError(f"no experiment directory for {experiment!r} (looked in {exp_dir}); "
+        raise ConfigError(f"no experiment directory for {experiment!r} (looked in {exp_dir}); "
                                 "pass the experiment id with --root, or the experiment directory itself")
     from nni_visplugin.hpo.experiment import collect_trials
 
@@ -171,18 +178,13 @@ def _cmd_importance(args: argparse.Namespace) -> int:
 
 
 def _cmd_retrain(args: argparse.Namespace) -> int:
+    from nni_visplugin.config.fields import from_namespace
     from nni_visplugin.config.retrain import RetrainConfig
     from nni_visplugin.stages.retrain import retrain
 
     if args.quiet:
         logging.getLogger().setLevel(logging.WARNING)
-    config = RetrainConfig(arch=args.arch, dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs,
-                           seed=args.seed, width=args.width, cells=args.cells, batch_size=args.batch_size, lr=args.lr,
-                           label_smoothing=args.label_smoothing, warmup_epochs=args.warmup_epochs,
-                           augment=args.augment, erase=args.erase, holdout_val=args.holdout_val,
-                           max_train_samples=args.max_train_samples, image_size=args.image_size,
-                           threads=args.threads, device=args.device, progress=not args.quiet,
-                           resume=not args.fresh)
+    config = from_namespace(RetrainConfig, args, progress=not args.quiet, resume=not args.fresh)
     metrics = retrain(config, args.out)
     print(json.dumps({k: metrics[k] for k in ("test_accuracy", "val_accuracy", "num_params", "flops", "latency_ms",
                                               "train_seconds")}))
@@ -190,14 +192,16 @@ def _cmd_retrain(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_export(args: argparse.Namespace) -> int:
-    from nni_visplugin.stages.export import ExportError, export_model
+def _cmd_baselines(args: argparse.Namespace) -> int:
+    from nni_visplugin.stages.baselines import main as baselines
 
-    try:
-        report = export_model(args.directory, args.format, args.out, batch_size=args.batch_size)
-    except ExportError as exc:
-        print(f"nni-visplugin: error: {exc}", file=sys.stderr)
-        return 1
+    return baselines(args.baseline_args)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from nni_visplugin.stages.export import export_model
+
+    report = export_model(args.directory, args.format, args.out, batch_size=args.batch_size)
     print(f"{report['format']}: {report['file']} (max abs diff vs PyTorch {report['max_abs_diff']:.3g} "
           f"at batch sizes {report['verified_batch_sizes']})")
     print(f"input: {report['input']['description']}")
@@ -220,126 +224,143 @@ def _study_arguments(p: argparse.ArgumentParser) -> None:
                    help="NNI's experimentWorkingDirectory (default: ~/nni-experiments)")
 
 
-def build_parser() -> argparse.ArgumentParser:
+class _Parser(argparse.ArgumentParser):
+    """A bad command line is one line too, naming the command whose ``--help`` tells more."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"nni-visplugin: error: {message} (see {self.prog} --help)\n")
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults shown on every option that has one (the generated flags say theirs already)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "(default:" in text or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return text + " (default: %(default)s)"
+
+
+def _add(sub, name: str, help: str, func, **kwargs) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=help, description=help, formatter_class=_Formatter, **kwargs)
+    p.set_defaults(func=func)
+    return p
+
+
+def _search_parser(sub) -> None:
     from nni_visplugin.hpo.trial_command import build_parser as trial_parser
 
-    parser = argparse.ArgumentParser(prog="nni-visplugin", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    p = _add(sub, "search", "run one search standalone (the same code path as an NNI trial)", _cmd_search,
+             parents=[trial_parser()], add_help=False, conflict_handler="resolve")
+    p.add_argument("-h", "--help", action="help", help="show this help message and exit")
+    p.add_argument("--epochs", type=int, default=None, help="search epochs (default: the strategy's)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: 0)")
+    p.add_argument("--out", required=True, help="output directory for arch.json, alphas.json, result.json")
 
-    sub.add_parser("list", help="print the registered spaces, strategies and datasets").set_defaults(func=_cmd_list)
 
-    search = sub.add_parser("search", help="run one search standalone (the same code path as an NNI trial)",
-                            parents=[trial_parser()], add_help=False, conflict_handler="resolve")
-    search.add_argument("--epochs", type=int, default=None, help="search epochs")
-    search.add_argument("--seed", type=int, default=None, help="random seed")
-    search.add_argument("--out", required=True, help="output directory for arch.json, alphas.json, result.json")
-    search.set_defaults(func=_cmd_search)
+def _latency_parser(sub) -> None:
+    p = _add(sub, "latency", "measure a latency lookup table for a space on this device", _cmd_latency)
+    p.add_argument("--space", required=True, help="search space name (nni-visplugin list)")
+    p.add_argument("--dataset", default="digits", help="take the input shape and classes from this dataset")
+    p.add_argument("--data-dir", default=None, help="dataset directory (default: the dataset's own)")
+    p.add_argument("--input-shape", default=None, help="C,H,W instead of a dataset (e.g. 3,224,224)")
+    p.add_argument("--num-classes", type=int, default=10, help="classes, with --input-shape")
+    p.add_argument("--set", action="append", default=[], metavar="space.KEY=VALUE", help="space arguments; repeatable")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="device to measure on")
+    p.add_argument("--batch-size", type=int, default=1, help="the deployment batch size")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: PyTorch's default)")
+    p.add_argument("--out", required=True, help="table file (reused when it matches this device)")
 
-    lat = sub.add_parser("latency", help="measure a latency lookup table for a space on this device")
-    lat.add_argument("--space", required=True, help="search space name")
-    lat.add_argument("--dataset", default="digits", help="take the input shape and classes from this dataset")
-    lat.add_argument("--data-dir", default=None)
-    lat.add_argument("--input-shape", default=None, help="C,H,W instead of a dataset (e.g. 3,224,224)")
-    lat.add_argument("--num-classes", type=int, default=10, help="with --input-shape")
-    lat.add_argument("--set", action="append", default=[], metavar="space.KEY=VALUE", help="space arguments")
-    lat.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    lat.add_argument("--batch-size", type=int, default=1, help="the deployment batch size")
-    lat.add_argument("--threads", type=int, default=0, help="CPU threads (0: PyTorch's default)")
-    lat.add_argument("--out", required=True, help="table file (reused when it matches this device)")
-    lat.set_defaults(func=_cmd_latency)
 
-    ret = sub.add_parser("retrain", help="train a derived architecture from scratch; measure it on the test split")
-    ret.add_argument("--arch", required=True, help="a search's arch.json (result.json must be next to it)")
-    ret.add_argument("--dataset", default="digits", help="dataset to train and test on")
-    ret.add_argument("--data-dir", default=None)
-    ret.add_argument("--epochs", type=int, default=50)
-    ret.add_argument("--seed", type=int, default=0)
-    ret.add_argument("--width", type=int, default=0, help="the space's width (0: as the search measured it)")
-    ret.add_argument("--cells", type=int, default=0, help="the space's num_cells (0: as the search measured it)")
-    ret.add_argument("--batch-size", type=int, default=64)
-    ret.add_argument("--lr", type=float, default=0.05, help="peak learning rate of SGD")
-    ret.add_argument("--label-smoothing", type=float, default=0.1)
-    ret.add_argument("--warmup-epochs", type=int, default=0, help="linear learning-rate warm-up before the cosine")
-    ret.add_argument("--augment", choices=("auto", "none", "crop", "crop-flip"), default="auto",
-                     help="auto: random crop, and horizontal flip except for digits")
-    ret.add_argument("--erase", type=float, default=0.0,
-                     help="random erasing probability (Zhong et al. 2020: a rectangle of 2-40%% of the image, "
-                          "aspect 0.3-3.3, filled with noise); 0: off")
-    ret.add_argument("--holdout-val", action="store_true",
-                     help="train on the training split only, report validation accuracy per epoch and do not "
-                          "read the test split (default: train on training + validation, then test once)")
-    ret.add_argument("--max-train-samples", type=int, default=0, help="stratified subset of the training split")
-    ret.add_argument("--image-size", type=int, default=32, help="imagefolder only")
-    ret.add_argument("--threads", type=int, default=0, help="CPU threads (0: PyTorch's default)")
-    ret.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    ret.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
-    ret.add_argument("--fresh", action="store_true",
-                     help="delete the checkpoints a run cut short left in --out and start over (default: continue "
-                          "from its last complete epoch)")
-    ret.add_argument("--out", required=True, help="directory for metrics.json, model.pt, arch.json, result.json")
-    ret.set_defaults(func=_cmd_retrain)
+def _retrain_parser(sub) -> None:
+    from nni_visplugin.config.fields import add_arguments
+    from nni_visplugin.config.retrain import RetrainConfig
 
-    exp = sub.add_parser("export", help="export a trained model to ONNX or TorchScript, checked against PyTorch")
-    exp.add_argument("directory", help="a retrain (or search) output directory")
-    exp.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
-    exp.add_argument("--out", default=None, help="file to write (default: DIRECTORY/model.onnx or model.ts)")
-    exp.add_argument("--batch-size", type=int, default=0, help="fixed batch size of the graph (0: any batch size)")
-    exp.set_defaults(func=_cmd_export)
+    p = _add(sub, "retrain", "train a derived architecture from scratch; measure it on the test split", _cmd_retrain)
+    p.add_argument("--arch", required=True, help="a search's arch.json (result.json must be next to it)")
+    add_arguments(p, RetrainConfig)
+    p.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
+    p.add_argument("--fresh", action="store_true",
+                   help="delete the checkpoints a run cut short left in --out and start over (default: continue "
+                        "from its last complete epoch)")
+    p.add_argument("--out", required=True, help="directory for metrics.json, model.pt, arch.json, result.json")
 
-    check = sub.add_parser("check", help="validate experiment configs before nnictl create")
-    check.add_argument("configs", nargs="+", help="experiment YAML files")
-    check.set_defaults(func=_cmd_check)
 
-    best = sub.add_parser("best", help="rank an experiment's trials by the derived architecture's val accuracy")
+def _export_parser(sub) -> None:
+    p = _add(sub, "export", "export a trained model to ONNX or TorchScript, checked against PyTorch", _cmd_export)
+    p.add_argument("directory", help="a retrain (or search) output directory")
+    p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx", help="the file format")
+    p.add_argument("--out", default=None, help="file to write (default: DIRECTORY/model.onnx or model.ts)")
+    p.add_argument("--batch-size", type=int, default=0, help="fixed batch size of the graph (0: any batch size)")
+
+
+def _experiment_parsers(sub) -> None:
+    check = _add(sub, "check", "validate experiment configs before nnictl create (exit 1 on problems)", _cmd_check)
+    check.add_argument("configs", nargs="+", help="experiment or pipeline YAML files")
+    best = _add(sub, "best", "rank an experiment's trials by the derived architecture's val accuracy", _cmd_best)
     best.add_argument("experiment", help="experiment id, or the experiment directory")
-    best.add_argument("--root", default=str(DEFAULT_EXPERIMENT_ROOT),
-                      help="NNI's experimentWorkingDirectory (default: ~/nni-experiments)")
+    best.add_argument("--root", default=str(DEFAULT_EXPERIMENT_ROOT), help="NNI's experimentWorkingDirectory")
     best.add_argument("--top", type=int, default=10, help="rows to print")
-    best.set_defaults(func=_cmd_best)
 
-    pipe = sub.add_parser("pipeline", help="search with NNI, pick the best, retrain, test, export, write a report")
-    pipe.add_argument("--config", required=True, help="pipeline YAML (experiment + pipeline sections)")
-    pipe.add_argument("--out", default=None, help="output directory (default: the config's pipeline.out)")
-    pipe.add_argument("--port", type=int, default=None, help="NNI web UI port (default: the config's, or 8080)")
-    pipe.add_argument("--seeds", type=int, nargs="+", default=None,
-                      help="retraining seeds (default: the config's); run again with more seeds and only the new "
-                           "ones are retrained, the report redone")
-    pipe.add_argument("--jobs", type=int, default=None,
-                      help="seeds retrained at once, each in its own process (default: the config's)")
-    pipe.add_argument("--threads", type=int, default=None,
-                      help="CPU threads per retraining (default: the config's; 1 when --jobs > 1)")
-    pipe.set_defaults(func=_cmd_pipeline)
 
-    pareto = sub.add_parser("pareto", help="print a multi-objective study's Pareto front; write it as JSON and PNG")
-    _study_arguments(pareto)
-    pareto.add_argument("--out", default=".", help="directory for pareto.json and pareto.png (default: .)")
-    pareto.set_defaults(func=_cmd_pareto)
+def _pipeline_parser(sub) -> None:
+    p = _add(sub, "pipeline", "search with NNI, pick the best, retrain, test, export, write a report", _cmd_pipeline)
+    p.add_argument("--config", required=True, help="pipeline YAML (experiment + pipeline sections)")
+    p.add_argument("--out", default=None, help="output directory (default: the config's pipeline.out)")
+    p.add_argument("--port", type=int, default=None, help="NNI web UI port (default: the config's, or 8080)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None,
+                   help="retraining seeds (default: the config's); run again with more seeds and only the new "
+                        "ones are retrained, the report redone")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="seeds retrained at once, each in its own process (default: the config's)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads per retraining (default: the config's; 1 when --jobs > 1)")
+    p = _add(sub, "baselines", "retrain random and hand-designed cells of the picked search's space with the "
+             "pipeline's recipe (nni-visplugin baselines --help)", _cmd_baselines, add_help=False)
+    p.add_argument("baseline_args", nargs=argparse.REMAINDER, help="the arguments of the baselines stage")
 
+
+def _study_parsers(sub) -> None:
     from nni_visplugin.hpo.studies import EVALUATORS
 
-    imp = sub.add_parser("importance", help="how much each search hyperparameter mattered (Optuna's evaluators)")
+    pareto = _add(sub, "pareto", "print a multi-objective study's Pareto front; write it as JSON and PNG", _cmd_pareto)
+    _study_arguments(pareto)
+    pareto.add_argument("--out", default=".", help="directory for pareto.json and pareto.png")
+    imp = _add(sub, "importance", "how much each search hyperparameter mattered (Optuna's evaluators)",
+               _cmd_importance)
     _study_arguments(imp)
-    imp.add_argument("--evaluator", choices=EVALUATORS, default="fanova")
+    imp.add_argument("--evaluator", choices=EVALUATORS, default="fanova", help="Optuna's importance evaluator")
     imp.add_argument("--objective", default=None, help="objective name, for a multi-objective study")
     imp.add_argument("--seed", type=int, default=0, help="seed of the fanova/mdi forests")
     imp.add_argument("--json", default=None, help="also write the importances to this JSON file")
-    imp.set_defaults(func=_cmd_importance)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from nni_visplugin import __version__
+
+    parser = _Parser(prog="nni-visplugin", description=__doc__, epilog=EXIT_CODES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"nni-visplugin {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add(sub, "list", "print the registered spaces, strategies and datasets", _cmd_list)
+    for add in (_search_parser, _latency_parser, _retrain_parser, _export_parser, _experiment_parsers,
+                _pipeline_parser, _study_parsers):
+        add(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; a user's mistake is one line on stderr and exit code 2, see ``EXIT_CODES``."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from nni_visplugin.data.datasets import DatasetError
-    from nni_visplugin.hpo.studies import StudyError
-    from nni_visplugin.utils.errors import ConfigError
+    from nni_visplugin.utils.errors import UserError
 
     try:
         return args.func(args)
-    except (ConfigError, DatasetError, StudyError, FileNotFoundError, KeyError) as exc:
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"nni-visplugin: error: {message}", file=sys.stderr)
-        return 2
+    except UserError as exc:  # anything else is a programming error and keeps its traceback
+        print(f"nni-visplugin: error: {exc}", file=sys.stderr)
+        return exc.exit_code
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from typing import Any
 
 from nni_visplugin import _compat  # noqa: F401
 from nni_visplugin.hpo.trial_command import build_parser, fixed_overrides
+from nni_visplugin.utils.errors import UserError
 
 _logger = logging.getLogger("nni_visplugin.trial")
 
@@ -47,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         result = run_search(config, out, on_epoch=report_epoch)
+    except UserError:
+        raise  # one line, from run() below
     except Exception as exc:
         # One clear line in the trial's log; the traceback follows on stderr. The non-zero exit makes
         # NNI mark the trial FAILED and the tuner tell Optuna FAIL: a failed search is never a result.
@@ -67,5 +70,17 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def run(argv: list[str] | None = None) -> int:
+    """``main`` with the one error path: a user's mistake (a bad setting, a missing dataset) is one
+    line in trial.log and exit code 2, which NNI records as a failed trial; any other exception
+    keeps its traceback."""
+    try:
+        return main(argv)
+    except UserError as exc:
+        print(f"nni-visplugin: error: {exc}", file=sys.stderr, flush=True)
+        _logger.error("nni-visplugin: error: %s", exc)
+        return exc.exit_code
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())

@@ -84,8 +84,35 @@ class PipelineConfig:
         port = port if port is not None else p.get("port", 8080)
         if not isinstance(port, int) or not 1 <= port <= 65535:
             raise ConfigError(f"{path}: pipeline.port must be a TCP port, got {port!r}")
+        _check_retrain(path, retrain)
+        _check_export_packages(path, export)
         base = path.resolve().parent
         baselines = p.get("baselines")
         return cls(experiment=doc["experiment"], out=Path(out or p.get("out") or f"runs/{path.stem}").resolve(),
                    port=port, retrain=retrain, seeds=tuple(seeds), jobs=jobs, export=tuple(export),
                    baselines=(base / baselines) if baselines else None, source=path.resolve())
+
+
+def _check_retrain(path: Path, retrain: dict[str, Any]) -> None:
+    """The retraining's settings, checked now rather than after the hour of searching."""
+    from nni_visplugin.config.retrain import RetrainConfig
+
+    try:
+        RetrainConfig(arch="", **retrain)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: pipeline.retrain.{exc}") from None
+
+
+# The packages each export format needs beyond the core install, and the extra that brings them.
+EXPORT_PACKAGES = {"onnx": ("onnx", "onnxscript", "onnxruntime"), "torchscript": ()}
+
+
+def _check_export_packages(path: Path, export: list[str]) -> None:
+    """Refuse, before any work, an export whose packages are not installed (they come in an extra)."""
+    import importlib.util
+
+    for fmt in export:
+        missing = [m for m in EXPORT_PACKAGES.get(fmt, ()) if importlib.util.find_spec(m) is None]
+        if missing:
+            raise ConfigError(f"{path}: pipeline.export {fmt} needs {', '.join(missing)}, which are not installed: "
+                              f"pip install 'nni-visplugin[export]', or leave {fmt} out of pipeline.export")

@@ -4,68 +4,57 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from nni_visplugin.config.fields import setting, validate
 from nni_visplugin.data.datasets import DATASETS
+from nni_visplugin.utils.devices import DEVICES_HELP, valid_device
 from nni_visplugin.utils.errors import ConfigError
 
 __all__ = ["RetrainConfig", "AUGMENTS"]
-
 
 AUGMENTS = ("auto", "none", "crop", "crop-flip")
 
 
 @dataclass(frozen=True)
 class RetrainConfig:
-    """Everything one retraining needs; validated when created."""
+    """Everything one retraining needs; validated when created. Each field is also a flag of
+    ``nni-visplugin retrain`` and a key of a pipeline config's ``pipeline.retrain``."""
 
-    arch: str  # a search's arch.json, or the directory holding it
-    dataset: str = "digits"
-    data_dir: str | None = None
-    epochs: int = 50
-    seed: int = 0
-    width: int = 0  # 0 = the width the search measured (its result.json's space_kwargs)
-    cells: int = 0  # 0 = the number of cells the search measured
-    batch_size: int = 64
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 3e-4
-    label_smoothing: float = 0.1
-    grad_clip: float = 5.0
-    warmup_epochs: int = 0
-    augment: str = "auto"
-    erase: float = 0.0  # random erasing probability (0: off)
-    holdout_val: bool = False  # train on train only and report val accuracy per epoch
-    max_train_samples: int = 0  # 0 = all; a stratified subset of the training split, for quick checks
-    image_size: int = 32  # imagefolder only
-    threads: int = 0  # 0 = PyTorch's default
-    device: str = "auto"
-    latency_rounds: int = 3
-    progress: bool = True
-    resume: bool = True  # continue from the output directory's checkpoints of a run cut short
+    arch: str = setting("", "a search's arch.json (result.json must be beside it), or its directory", flag=False)
+    dataset: str = setting("digits", "dataset to train and test on", choices=DATASETS)
+    data_dir: str | None = setting(None, "dataset directory (default: the dataset's own)")
+    epochs: int = setting(50, "training epochs", at_least=1)
+    seed: int = setting(0, "seed of the initial weights, batch order and augmentation", at_least=0)
+    width: int = setting(0, "the space's width (0: as the search measured it)", at_least=0)
+    cells: int = setting(0, "the space's num_cells (0: as the search measured it)", at_least=0)
+    batch_size: int = setting(64, "batch size", at_least=1)
+    lr: float = setting(0.05, "peak learning rate of SGD", above=0)
+    momentum: float = setting(0.9, "Nesterov momentum", at_least=0, below=1)
+    weight_decay: float = setting(3e-4, "weight decay", at_least=0)
+    label_smoothing: float = setting(0.1, "label smoothing of the cross-entropy", at_least=0, below=1)
+    grad_clip: float = setting(5.0, "gradient clipping norm", above=0)
+    warmup_epochs: int = setting(0, "linear learning-rate warm-up epochs before the cosine", at_least=0)
+    augment: str = setting("auto", "augmentation (auto: random crop, and horizontal flip except for digits)",
+                           choices=AUGMENTS)
+    erase: float = setting(0.0, "random erasing probability (Zhong et al. 2020: a rectangle of 2-40% of the image, "
+                                "aspect 0.3-3.3, filled with noise); 0: off", at_least=0, at_most=1)
+    holdout_val: bool = setting(False, "train on the training split only, report validation accuracy per epoch "
+                                       "and do not read the test split (default: train on training + "
+                                       "validation, then test once)")
+    max_train_samples: int = setting(0, "stratified subset of the training split (0: all)", at_least=0)
+    image_size: int = setting(32, "image side, imagefolder only", at_least=1)
+    threads: int = setting(0, "CPU threads (0: PyTorch's default)", at_least=0)
+    device: str = setting("auto", DEVICES_HELP)
+    latency_rounds: int = setting(3, "rounds of the latency measurement at batch 1", at_least=1)
+    progress: bool = setting(True, "a progress bar", flag=False)
+    resume: bool = setting(True, "continue from the checkpoints a run cut short left in the output directory",
+                           flag=False)
 
     def __post_init__(self) -> None:
-        if self.dataset not in DATASETS:
-            raise ConfigError(f"unknown dataset {self.dataset!r}; known: {', '.join(DATASETS)}")
-        for key in ("epochs", "batch_size", "latency_rounds", "image_size"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
-        for key in ("seed", "width", "cells", "warmup_epochs", "max_train_samples", "threads"):
-            if getattr(self, key) < 0:
-                raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)}")
+        validate(self)
         if self.warmup_epochs and self.warmup_epochs >= self.epochs:
             raise ConfigError(f"warmup_epochs must be smaller than epochs ({self.epochs}), got {self.warmup_epochs}")
-        for key in ("lr", "grad_clip"):
-            if not getattr(self, key) > 0:
-                raise ConfigError(f"{key} must be > 0, got {getattr(self, key)}")
-        if not 0 <= self.momentum < 1 or self.weight_decay < 0:
-            raise ConfigError(f"momentum must be in [0, 1) and weight_decay >= 0, got {self.momentum}, {self.weight_decay}")
-        if not 0 <= self.label_smoothing < 1:
-            raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        if not 0 <= self.erase <= 1:
-            raise ConfigError(f"erase is a probability in [0, 1], got {self.erase}")
-        if self.augment not in AUGMENTS:
-            raise ConfigError(f"augment must be one of {', '.join(AUGMENTS)}, got {self.augment!r}")
-        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if not valid_device(self.device):
+            raise ConfigError(f"device must be {DEVICES_HELP}, got {self.device!r}")
 
     def recipe(self) -> dict[str, Any]:
         keys = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "label_smoothing", "grad_clip",

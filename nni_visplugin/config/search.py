@@ -17,7 +17,11 @@ from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any, Mapping
 
+from nni_visplugin.config.fields import setting, validate
+from nni_visplugin.data.datasets import CHANNELS, DATASETS
+from nni_visplugin.utils.devices import DEVICES_HELP, valid_device
 from nni_visplugin.utils.errors import ConfigError
+from nni_visplugin.utils.registry import SPACES, STRATEGIES, factory_parameters
 
 __all__ = ["SearchConfig", "ConfigError", "parse_assignments"]
 
@@ -69,7 +73,6 @@ def _coerce(value: Any, like: Any, key: str) -> Any:
 
 
 def _strategy_defaults(strategy: str) -> dict[str, Any]:
-    from nni_visplugin.utils.registry import STRATEGIES
 
     factory = STRATEGIES.get(strategy)
     config_class = getattr(factory, "config_class", None)
@@ -79,7 +82,6 @@ def _strategy_defaults(strategy: str) -> dict[str, Any]:
 
 
 def _defaults(factory: Any) -> dict[str, Any]:
-    from nni_visplugin.utils.registry import factory_parameters
 
     return {n: (p.default if p.default is not inspect.Parameter.empty else None)
             for n, p in factory_parameters(factory).items()
@@ -87,7 +89,6 @@ def _defaults(factory: Any) -> dict[str, Any]:
 
 
 def _space_defaults(space: str) -> dict[str, Any]:
-    from nni_visplugin.utils.registry import SPACES
 
     return _defaults(SPACES.get(space))
 
@@ -96,22 +97,24 @@ def _space_defaults(space: str) -> dict[str, Any]:
 class SearchConfig:
     """Everything one search needs. Build with :meth:`create`, which validates every key."""
 
-    space: str = "darts_cell"
-    strategy: str = "darts"
-    dataset: str = "digits"
-    data_dir: str | None = None
-    seed: int = 0
-    batch_size: int = 64
-    val_fraction: float = 0.2
-    max_train_samples: int = 0  # 0 = all; a stratified subset keeps searches on big datasets cheap
-    image_size: int = 32  # imagefolder only: images are resized to this square size
-    download: bool = False  # let torchvision fetch fashion-mnist / cifar10 when missing (needs network)
-    final_epochs: int = 10  # retraining of the derived architecture from scratch to measure it
-    final_lr: float = 0.05
-    final_width: int = 0  # 0 = the searched width; DARTS retrains wider and deeper networks
-    final_cells: int = 0  # 0 = the searched number of cells
-    num_threads: int = 0  # 0 = PyTorch's default
-    device: str = "auto"
+    space: str = setting("darts_cell", "search space name (nni-visplugin list)")
+    strategy: str = setting("darts", "strategy name (nni-visplugin list)")
+    dataset: str = setting("digits", "dataset", choices=DATASETS)
+    data_dir: str | None = setting(None, "dataset directory (default: the dataset's own)")
+    seed: int = setting(0, "seed of the search and of the final training", at_least=0)
+    batch_size: int = setting(64, "batch size of the weight and architecture steps", at_least=1)
+    val_fraction: float = setting(0.2, "stratified share of the training data held out for validation",
+                                  above=0, below=1)
+    # A stratified subset keeps searches on big datasets cheap.
+    max_train_samples: int = setting(0, "training images used by a search (0: all)", at_least=0)
+    image_size: int = setting(32, "image side, imagefolder only", at_least=1)
+    download: bool = setting(False, "let torchvision fetch fashion-mnist / cifar10 when missing (needs network)")
+    final_epochs: int = setting(10, "epochs of the derived network's training from scratch", at_least=0)
+    final_lr: float = setting(0.05, "learning rate of that training", above=0)
+    final_width: int = setting(0, "width of the derived network (0: the searched width)", at_least=0)
+    final_cells: int = setting(0, "cells of the derived network (0: the searched number)", at_least=0)
+    num_threads: int = setting(0, "CPU threads (0: PyTorch's default)", at_least=0)
+    device: str = setting("auto", DEVICES_HELP)
     space_kwargs: Mapping[str, Any] = field(default_factory=dict)
     strategy_kwargs: Mapping[str, Any] = field(default_factory=dict)
 
@@ -122,8 +125,6 @@ class SearchConfig:
     @classmethod
     def create(cls, overrides: Mapping[str, Any] | None = None, base: "SearchConfig | None" = None) -> "SearchConfig":
         """Apply ``overrides`` (see module docstring) to ``base`` and validate the result."""
-        from nni_visplugin.data.datasets import DATASETS
-        from nni_visplugin.utils.registry import SPACES, STRATEGIES
 
         base = base or cls()
         top = {f.name: getattr(base, f.name) for f in fields(cls)}
@@ -171,27 +172,12 @@ class SearchConfig:
         return config
 
     def _validate(self) -> None:
-        positive = ("batch_size",)
-        non_negative = ("seed", "max_train_samples", "final_epochs", "num_threads", "final_width", "final_cells")
-        for key in positive:
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
-        for key in non_negative:
-            if getattr(self, key) < 0:
-                raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)}")
-        if not 0 < self.val_fraction < 1:
-            raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
-        if not self.final_lr > 0:
-            raise ConfigError(f"final_lr must be > 0, got {self.final_lr}")
-        if self.image_size < 1:
-            raise ConfigError(f"image_size must be >= 1, got {self.image_size}")
-        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
-        from nni_visplugin.data.datasets import CHANNELS
+        validate(self)
+        if not valid_device(self.device):
+            raise ConfigError(f"device must be {DEVICES_HELP}, got {self.device!r}")
         if self.dataset in CHANNELS:
             self.check_in_channels(CHANNELS[self.dataset])
         # Build the strategy once so its own validation speaks now, not after the data is loaded.
-        from nni_visplugin.utils.registry import STRATEGIES
         try:
             STRATEGIES.create(self.strategy, **self.strategy_kwargs)
         except (TypeError, ValueError) as exc:

@@ -39,7 +39,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -174,6 +174,178 @@ class _Progress:
             self.bar.update(1)
 
 
+@dataclass
+class _Run:
+    """One retraining as it is set up: what it trains, on what, where its epochs are kept."""
+
+    config: RetrainConfig
+    arch: dict[str, Any]
+    result: dict[str, Any]
+    arch_path: Path
+    device: torch.device
+    splits: Any
+    kwargs: dict[str, Any]
+    model: torch.nn.Module
+    loader: TensorLoader
+    val_loader: TensorLoader | None
+    augment: Any
+    num_train: int
+    checkpoints: SearchCheckpoints
+
+    @property
+    def space(self) -> str:
+        return self.result["space"]
+
+
+def _check_channels(config: RetrainConfig, result: dict[str, Any], arch_path: Path) -> None:
+    """Refused before any data is read: the stem's channels are the one thing a dataset must share."""
+    searched = _searched_channels(result)
+    channels = CHANNELS[config.dataset]
+    if searched is not None and searched != channels:
+        raise ConfigError(f"{arch_path} was searched on {searched}-channel images ({result.get('dataset', 'its dataset')}) "
+                          f"but dataset {config.dataset} has {channels}-channel images")
+
+
+def _set_up(config: RetrainConfig, out: Path) -> _Run:
+    """Read the search, the data; build the network, the loaders and the augmentation."""
+    arch, result, arch_path = read_search(config.arch)
+    _check_channels(config, result, arch_path)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = resolve_device(config.device)
+    splits = load_dataset(config.dataset, config.data_dir, max_train_samples=config.max_train_samples,
+                          image_size=config.image_size, with_test=not config.holdout_val)
+    kwargs = retrain_kwargs(result, data_kwargs(splits), config.width, config.cells)
+    seed_everything(config.seed)
+    try:
+        model = build_fixed_model(result["space"], kwargs, arch).to(device)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{arch_path} does not fit space {result['space']!r} on {config.dataset}: {exc}") from None
+    if config.holdout_val:
+        x, y = splits.train
+    else:
+        x, y = torch.cat([splits.train[0], splits.val[0]]), torch.cat([splits.train[1], splits.val[1]])
+    augment = make_augment(config.augment, config.dataset, splits.input_shape, splits.mean, splits.std, config.seed + 1,
+                           config.erase)
+    return _Run(config=config, arch=arch, result=result, arch_path=arch_path, device=device, splits=splits,
+                kwargs=kwargs, model=model, loader=TensorLoader(x, y, config.batch_size, shuffle=True, seed=config.seed),
+                val_loader=TensorLoader(*splits.val, batch_size=256) if config.holdout_val else None,
+                augment=augment, num_train=len(x), checkpoints=SearchCheckpoints(out / "checkpoints"))
+
+
+def _restore(run: _Run, state: dict[str, Any]) -> dict[str, Any]:
+    """Put a checkpoint's weights and generators back; returns what the loop continues from."""
+    run.model.load_state_dict(state["model"])
+    run.loader.load_state_dict(state["loader"])
+    if run.augment is not None:
+        run.augment.load_state_dict(state["augment"])
+    set_rng_state(state["rng"])
+    done = int(state["epoch"])
+    _logger.info("resuming the retraining after epoch %d of %d", done, run.config.epochs)
+    return {"curve": list(state["curve"]), "done": done, "seconds": float(state["train_seconds"]),
+            "wall": float(state["wall_seconds"]), "resumed_at": [*state["resumed_at"], done],
+            "optimizer": {k: state[k] for k in ("epoch", "optimizer", "scheduler")}}
+
+
+def _progress_bar(run: _Run, done_epochs: int):
+    from tqdm import tqdm
+
+    # Redirected to a file, the bar updates every 30 s instead of many times a second.
+    interactive = getattr(sys.stderr, "isatty", lambda: False)()
+    return tqdm(total=run.config.epochs * len(run.loader), desc=f"retrain {run.space}", unit="batch",
+                disable=not run.config.progress, leave=False, mininterval=0.1 if interactive else 30.0,
+                initial=done_epochs * len(run.loader))
+
+
+def _train(run: _Run, fingerprint: dict[str, Any], started: float,
+           on_epoch: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
+    """The epochs still to train, a checkpoint after each; returns the curve and the times."""
+    state = _resume_state(run.checkpoints, fingerprint, run.config.resume)
+    progress = _restore(run, state) if state is not None else \
+        {"curve": [], "done": 0, "seconds": 0.0, "wall": 0.0, "resumed_at": [], "optimizer": None}
+    curve = progress["curve"]
+    bar = _progress_bar(run, progress["done"])
+    train_start = time.time()
+
+    def record(entry: dict[str, Any]) -> None:
+        if run.val_loader is not None:
+            entry["val_accuracy"] = evaluate(run.model, run.val_loader, run.device)
+        curve.append(entry)
+        bar.set_postfix(epoch=entry["epoch"], loss=f"{entry['train_loss']:.3f}", acc=f"{entry['train_accuracy']:.3f}")
+
+    def save(epoch: int, train_state: dict[str, Any]) -> None:
+        # Before the caller hears of the epoch: whatever it does then, the epoch is kept.
+        run.checkpoints.save(epoch + 1, {
+            "model": run.model.state_dict(), "loader": run.loader.state_dict(),
+            "augment": run.augment.state_dict() if run.augment is not None else None, "rng": rng_state(),
+            "curve": curve, "train_seconds": progress["seconds"] + time.time() - train_start,
+            "wall_seconds": progress["wall"] + time.time() - started, "resumed_at": progress["resumed_at"],
+            "fingerprint": json.dumps(fingerprint, sort_keys=True), **train_state})
+        if on_epoch is not None:
+            on_epoch(curve[-1])
+
+    c = run.config
+    try:
+        train_from_scratch(run.model, _Progress(run.loader, bar), c.epochs, lr=c.lr, momentum=c.momentum,
+                           weight_decay=c.weight_decay, label_smoothing=c.label_smoothing, grad_clip=c.grad_clip,
+                           device=run.device, warmup_epochs=c.warmup_epochs, augment=run.augment, on_record=record,
+                           resume=progress["optimizer"], on_checkpoint=save)
+    finally:
+        bar.close()
+    return {"curve": curve, "train_seconds": progress["seconds"] + time.time() - train_start,
+            "wall_before": progress["wall"], "resumed_at": progress["resumed_at"]}
+
+
+def _measure(run: _Run) -> dict[str, Any]:
+    """The one and only read of the test split, then size, FLOPs and latency of the trained network."""
+    from nni_visplugin.nas.latency import measure_model
+
+    run.model.eval()
+    test = run.splits.test
+    test_accuracy = None if test is None else evaluate(run.model, TensorLoader(*test, batch_size=256), run.device)
+    run.model.to(memory_format=torch.contiguous_format)  # saved, measured and exported in the default layout
+    return {"test_accuracy": test_accuracy, "num_params": sum(p.numel() for p in run.model.parameters()),
+            "flops": count_flops(run.model, run.splits.input_shape),
+            "latency_ms": measure_model(run.model, run.splits.input_shape, run.device, batch_size=1,
+                                        rounds=run.config.latency_rounds)}
+
+
+def _write_model(run: _Run, out: Path, measured: dict[str, Any]) -> None:
+    """``model.pt``, ``arch.json`` and the ``result.json`` that :func:`nni_visplugin.load_model` reads."""
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save(run.model.state_dict(), out / "model.pt")
+    write_json(out / "arch.json", run.arch)
+    s = run.splits
+    write_json(out / "result.json", {
+        "kind": "retrain", "space": run.space, "space_kwargs": run.kwargs,
+        "search_space_kwargs": run.result.get("search_space_kwargs", run.kwargs), "input_shape": list(s.input_shape),
+        "num_classes": s.num_classes, "normalization": {"mean": s.mean, "std": s.std}, "dataset": run.config.dataset,
+        "test_accuracy": measured["test_accuracy"], "num_params": measured["num_params"],
+        "source": str(run.arch_path)})
+
+
+def _metrics(run: _Run, measured: dict[str, Any], trained: dict[str, Any], started: float) -> dict[str, Any]:
+    c, s, test = run.config, run.splits, run.splits.test
+    augment = run.augment.describe() if run.augment else {"crop_padding": 0, "horizontal_flip": False,
+                                                          "random_erasing": 0.0}
+    return {
+        **measured,
+        "val_accuracy": trained["curve"][-1]["val_accuracy"] if c.holdout_val else None,
+        "train_split": "train" if c.holdout_val else "train+val",
+        "num_train_samples": run.num_train,
+        "num_test_samples": 0 if test is None else len(test[1]),
+        "test_split": "not read (holdout_val)" if test is None else "read once, after the last epoch",
+        "flops_note": "FLOPs of one image, 2 per multiply-add of convolutions and linear layers (torch FlopCounterMode)",
+        "latency_batch_size": 1, "seed": c.seed, "epochs": c.epochs,
+        "wall_seconds": trained["wall_before"] + time.time() - started, "train_seconds": trained["train_seconds"],
+        "resumed_at_epochs": trained["resumed_at"], "curve": trained["curve"], "recipe": {**c.recipe(), **augment},
+        "dataset": c.dataset, "input_shape": list(s.input_shape), "num_classes": s.num_classes,
+        "normalization": {"mean": s.mean, "std": s.std}, "space": run.space, "space_kwargs": run.kwargs,
+        "arch": run.arch, "source": str(run.arch_path), "device": str(run.device), "threads": torch.get_num_threads(),
+        "torch_version": torch.__version__, "config": asdict(c),
+    }
+
+
 def retrain(config: RetrainConfig, out_dir: str | os.PathLike, *,
             on_epoch: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Train the architecture of ``config.arch`` from scratch; write the files; return ``metrics.json``.
@@ -182,157 +354,18 @@ def retrain(config: RetrainConfig, out_dir: str | os.PathLike, *,
     ``holdout_val``, validation accuracy).
     """
     started = time.time()
-    arch, result, arch_path = read_search(config.arch)
-    space = result["space"]
-    # Refused before any data is read: the stem's channels are the one thing a dataset must share.
-    searched = _searched_channels(result)
-    channels = CHANNELS[config.dataset]
-    if searched is not None and searched != channels:
-        raise ConfigError(f"{arch_path} was searched on {searched}-channel images ({result.get('dataset', 'its dataset')}) "
-                          f"but dataset {config.dataset} has {channels}-channel images")
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    try:
-        device = resolve_device(config.device)
-    except RuntimeError as exc:
-        raise ConfigError(str(exc)) from None
-
-    splits = load_dataset(config.dataset, config.data_dir, max_train_samples=config.max_train_samples,
-                          image_size=config.image_size, with_test=not config.holdout_val)
-    kwargs = retrain_kwargs(result, data_kwargs(splits), config.width, config.cells)
-    seed_everything(config.seed)
-    try:
-        model = build_fixed_model(space, kwargs, arch).to(device)
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(f"{arch_path} does not fit space {space!r} on {config.dataset}: {exc}") from None
-
-    if config.holdout_val:
-        x, y = splits.train
-    else:
-        x, y = torch.cat([splits.train[0], splits.val[0]]), torch.cat([splits.train[1], splits.val[1]])
-    loader = TensorLoader(x, y, config.batch_size, shuffle=True, seed=config.seed)
-    val_loader = TensorLoader(*splits.val, batch_size=256) if config.holdout_val else None
-    augment = make_augment(config.augment, config.dataset, splits.input_shape, splits.mean, splits.std, config.seed + 1,
-                           config.erase)
-    num_params = sum(p.numel() for p in model.parameters())
-    _logger.info("retraining %s (%d parameters) on %d %s images for %d epochs on %s", space, num_params, len(x),
-                 config.dataset, config.epochs, device)
-
     out = Path(out_dir)
-    fingerprint = _fingerprint(config, space, kwargs, arch, len(x))
-    checkpoints = SearchCheckpoints(out / "checkpoints")
-    state = _resume_state(checkpoints, fingerprint, config.resume)
-    curve: list[dict[str, Any]] = []
-    done_epochs, seconds_before, wall_before, resumed_at = 0, 0.0, 0.0, []
-    if state is not None:
-        model.load_state_dict(state["model"])
-        loader.load_state_dict(state["loader"])
-        if augment is not None:
-            augment.load_state_dict(state["augment"])
-        set_rng_state(state["rng"])
-        curve = list(state["curve"])
-        done_epochs = int(state["epoch"])
-        seconds_before, wall_before = float(state["train_seconds"]), float(state["wall_seconds"])
-        resumed_at = [*state["resumed_at"], done_epochs]
-        _logger.info("resuming the retraining in %s after epoch %d of %d", out, done_epochs, config.epochs)
-
-    from tqdm import tqdm
-
-    # Redirected to a file, the bar updates every 30 s instead of many times a second.
-    interactive = getattr(sys.stderr, "isatty", lambda: False)()
-    bar = tqdm(total=config.epochs * len(loader), desc=f"retrain {space}", unit="batch",
-               disable=not config.progress, leave=False, mininterval=0.1 if interactive else 30.0,
-               initial=done_epochs * len(loader))
-
-    def record(entry: dict[str, Any]) -> None:
-        if val_loader is not None:
-            entry["val_accuracy"] = evaluate(model, val_loader, device)
-        curve.append(entry)
-        bar.set_postfix(epoch=entry["epoch"], loss=f"{entry['train_loss']:.3f}", acc=f"{entry['train_accuracy']:.3f}")
-
-    def save(epoch: int, train_state: dict[str, Any]) -> None:
-        # Before the caller hears of the epoch: whatever it does then, the epoch is kept.
-        checkpoints.save(epoch + 1, {
-            "model": model.state_dict(), "loader": loader.state_dict(),
-            "augment": augment.state_dict() if augment is not None else None, "rng": rng_state(), "curve": curve,
-            "train_seconds": seconds_before + time.time() - train_start,
-            "wall_seconds": wall_before + time.time() - started, "resumed_at": resumed_at,
-            "fingerprint": json.dumps(fingerprint, sort_keys=True), **train_state})
-        if on_epoch is not None:
-            on_epoch(curve[-1])
-
-    train_start = time.time()
-    resume = None if state is None else {k: state[k] for k in ("epoch", "optimizer", "scheduler")}
-    try:
-        train_from_scratch(model, _Progress(loader, bar), config.epochs, lr=config.lr, momentum=config.momentum,
-                           weight_decay=config.weight_decay, label_smoothing=config.label_smoothing,
-                           grad_clip=config.grad_clip, device=device, warmup_epochs=config.warmup_epochs,
-                           augment=augment, on_record=record, resume=resume, on_checkpoint=save)
-    finally:
-        bar.close()
-    train_seconds = seconds_before + time.time() - train_start
-    model.eval()
-
-    # The one and only read of the test split.
-    test_accuracy = None if splits.test is None else evaluate(model, TensorLoader(*splits.test, batch_size=256), device)
-    model.to(memory_format=torch.contiguous_format)  # saved, measured and exported in the default layout
-
-    from nni_visplugin.nas.latency import measure_model
-
-    flops = count_flops(model, splits.input_shape)
-    latency_ms = measure_model(model, splits.input_shape, device, batch_size=1, rounds=config.latency_rounds)
-
-    out.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), out / "model.pt")
-    write_json(out / "arch.json", arch)
-    rebuild = {
-        "kind": "retrain",
-        "space": space,
-        "space_kwargs": kwargs,
-        "search_space_kwargs": result.get("search_space_kwargs", kwargs),
-        "input_shape": list(splits.input_shape),
-        "num_classes": splits.num_classes,
-        "normalization": {"mean": splits.mean, "std": splits.std},
-        "dataset": config.dataset,
-        "test_accuracy": test_accuracy,
-        "num_params": num_params,
-        "source": str(arch_path),
-    }
-    write_json(out / "result.json", rebuild)
-    metrics = {
-        "test_accuracy": test_accuracy,
-        "val_accuracy": curve[-1]["val_accuracy"] if config.holdout_val else None,
-        "train_split": "train" if config.holdout_val else "train+val",
-        "num_train_samples": len(x),
-        "num_test_samples": 0 if splits.test is None else len(splits.test[1]),
-        "test_split": "not read (holdout_val)" if splits.test is None else "read once, after the last epoch",
-        "num_params": num_params,
-        "flops": flops,
-        "flops_note": "FLOPs of one image, 2 per multiply-add of convolutions and linear layers (torch FlopCounterMode)",
-        "latency_ms": latency_ms,
-        "latency_batch_size": 1,
-        "seed": config.seed,
-        "epochs": config.epochs,
-        "wall_seconds": wall_before + time.time() - started,
-        "train_seconds": train_seconds,
-        "resumed_at_epochs": resumed_at,
-        "curve": curve,
-        "recipe": {**config.recipe(), **(augment.describe() if augment else {"crop_padding": 0, "horizontal_flip": False, "random_erasing": 0.0})},
-        "dataset": config.dataset,
-        "input_shape": list(splits.input_shape),
-        "num_classes": splits.num_classes,
-        "normalization": {"mean": splits.mean, "std": splits.std},
-        "space": space,
-        "space_kwargs": kwargs,
-        "arch": arch,
-        "source": str(arch_path),
-        "device": str(device),
-        "threads": torch.get_num_threads(),
-        "torch_version": torch.__version__,
-        "config": asdict(config),
-    }
+    run = _set_up(config, out)
+    _logger.info("retraining %s (%d parameters) on %d %s images for %d epochs on %s", run.space,
+                 sum(p.numel() for p in run.model.parameters()), run.num_train, config.dataset, config.epochs,
+                 run.device)
+    trained = _train(run, _fingerprint(config, run.space, run.kwargs, run.arch, run.num_train), started, on_epoch)
+    measured = _measure(run)
+    _write_model(run, out, measured)
+    metrics = _metrics(run, measured, trained, started)
     write_json(out / "metrics.json", metrics)
-    shutil.rmtree(checkpoints.directory, ignore_errors=True)  # the run is complete: model.pt holds its weights
-    _logger.info("retrained %s: test accuracy %.4f, %d parameters, %.3f ms; files in %s", space, test_accuracy,
-                 num_params, latency_ms, out)
+    shutil.rmtree(run.checkpoints.directory, ignore_errors=True)  # the run is complete: model.pt holds its weights
+    test = "not read" if metrics["test_accuracy"] is None else f"{metrics['test_accuracy']:.4f}"
+    _logger.info("retrained %s: test accuracy %s, %d parameters, %.3f ms; files in %s", run.space, test,
+                 metrics["num_params"], metrics["latency_ms"], out)
     return metrics

@@ -6,7 +6,7 @@ its ``exit_code``. Anything else is a programming error and keeps its traceback.
 """
 from __future__ import annotations
 
-__all__ = ["UserError", "ConfigError", "EXIT_USAGE", "EXIT_FAILED"]
+__all__ = ["UserError", "ConfigError", "ConfigTypeError", "UnknownNameError", "EXIT_USAGE", "EXIT_FAILED"]
 
 EXIT_FAILED = 1  # the command ran and found problems (``check``), or a stage failed
 EXIT_USAGE = 2  # the command was given something wrong: a setting, a file, a name
@@ -24,3 +24,10 @@ class ConfigError(UserError, ValueError):
 
 class ConfigTypeError(ConfigError, TypeError):
     """A setting has the wrong type or an unknown name."""
+
+
+class UnknownNameError(ConfigError, KeyError):
+    """A name (space, strategy, dataset, experiment) that is not registered or not there."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""

@@ -15,6 +15,8 @@ import warnings
 from importlib.metadata import entry_points
 from typing import Any, Callable, TypeVar
 
+from nni_visplugin.utils.errors import UnknownNameError
+
 _logger = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -92,7 +94,7 @@ class Registry:
         try:
             return self._factories[name]
         except KeyError:
-            raise KeyError(f"unknown {self.kind} {name!r}; known: {', '.join(self.names())}") from None
+            raise UnknownNameError(f"unknown {self.kind} {name!r}; known: {', '.join(self.names())}") from None
 
     def name_of(self, factory: Callable[..., Any]) -> str:
         """The registered name of ``factory`` (a space class, say)."""
@@ -100,7 +102,7 @@ class Registry:
         for name, f in self._factories.items():
             if f is factory:
                 return name
-        raise KeyError(f"{getattr(factory, '__qualname__', factory)!r} is not a registered {self.kind}")
+        raise UnknownNameError(f"{getattr(factory, '__qualname__', factory)!r} is not a registered {self.kind}")
 
     def create(self, name: str, **kwargs: Any) -> Any:
         factory = self.get(name)
