@@ -1,6 +1,18 @@
-"""Shared fixtures: tiny data, and a runner for real NNI experiments on loopback."""
+"""Shared fixtures: tiny data, a runner for real NNI experiments on loopback, and the test's markers.
+
+Markers (pytest.ini): ``integration`` for tests that start real parts (NNI managers, servers, a
+browser, command-line subprocesses, searches of many seconds); everything else is a unit test:
+``python -m pytest -m "not integration"`` runs those alone.
+
+System packages: tests that need one (Chromium, PostgreSQL, Debian's Fashion-MNIST files, the
+iproute2 and util-linux tools for a private network namespace) are listed in ``SYSTEM_NEEDS``.
+Where one is missing the run says so once, in its header, with the ``apt-get install`` line, and
+only those tests skip, naming it. Under CI (``CI=true``) a missing one stops the run instead.
+"""
+
 from __future__ import annotations
 
+import functools
 import json
 import os
 import socket
@@ -12,6 +24,7 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 DRIVER = Path(__file__).with_name("nni_driver.py")
 
 
@@ -21,6 +34,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@functools.lru_cache(maxsize=None)
 def _netns_available() -> bool:
     try:
         return subprocess.run(["unshare", "-n", "ip", "link", "set", "lo", "up"], capture_output=True,
@@ -29,13 +43,19 @@ def _netns_available() -> bool:
         return False
 
 
+def _require_netns() -> None:
+    """NNI's manager listens on every interface: it runs in a private network namespace or not at all."""
+    if not _netns_available():
+        pytest.skip("needs a private network namespace (unshare -n and ip): apt-get install iproute2 util-linux")
+
+
 def run_experiment(tmp_path: Path, config: dict, timeout: float = 400, browse_dir: Path | None = None,
                    kill_after: int = 0, env: dict[str, str] | None = None) -> dict:
     """Run ``config`` with the real nnictl and NNI manager; returns what the manager reported.
 
     The experiment gets its own working directory and HOME (NNI keeps a manifest of experiments in
-    ``~/nni-experiments``) under ``tmp_path``, a free port, and -- where the machine allows it -- a
-    private network namespace, since NNI's manager cannot be told to listen on loopback only.
+    ``~/nni-experiments``) under ``tmp_path``, a free port, and a
+    private network namespace (the test skips without one), since NNI's manager cannot be told to listen on loopback only.
     """
     import yaml
 
@@ -52,9 +72,9 @@ def run_experiment(tmp_path: Path, config: dict, timeout: float = 400, browse_di
         cmd.append(str(browse_dir))
     if kill_after:
         env["NNI_DRIVER_KILL_AFTER"] = str(kill_after)  # crash everything after that many trials, then resume
-    if _netns_available():
-        cmd = ["unshare", "-n"] + cmd
-        env["NNI_DRIVER_NETNS"] = "1"
+    _require_netns()
+    cmd = ["unshare", "-n"] + cmd
+    env["NNI_DRIVER_NETNS"] = "1"
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout + 240, cwd=REPO)
     assert proc.returncode == 0, f"driver failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return json.loads(out.read_text())
@@ -62,8 +82,8 @@ def run_experiment(tmp_path: Path, config: dict, timeout: float = 400, browse_di
 
 def run_in_netns(cmd: list[str], tmp_path: Path, timeout: float, env: dict[str, str] | None = None,
                  interpreter_on_path: bool = True) -> subprocess.CompletedProcess:
-    """Run ``cmd`` (which starts NNI managers) with HOME under ``tmp_path`` and, where the machine
-    allows it, in a private network namespace whose only interface is loopback. With
+    """Run ``cmd`` (which starts NNI managers) with HOME under ``tmp_path`` and in a private network
+    namespace whose only interface is loopback. With
     ``interpreter_on_path=False`` the test interpreter's directory is taken off PATH, as for a user
     who did not activate the virtual environment."""
     home = tmp_path / "home"
@@ -73,8 +93,8 @@ def run_in_netns(cmd: list[str], tmp_path: Path, timeout: float, env: dict[str, 
     if interpreter_on_path:
         path.insert(0, bin_dir)
     env = {**os.environ, **(env or {}), "HOME": str(home), "PATH": os.pathsep.join(path)}
-    if _netns_available():
-        cmd = ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", *cmd]
+    _require_netns()
+    cmd = ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", *cmd]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
 
 
@@ -113,3 +133,74 @@ def _private_cache(tmp_path_factory):
         os.environ.pop("XDG_CACHE_HOME", None)
     else:
         os.environ["XDG_CACHE_HOME"] = old
+
+
+# ------------------------------------------------------------------ system packages and markers
+def _has_postgres() -> bool:
+    import glob
+
+    return bool(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+
+
+def _has_chromium() -> bool:
+    import shutil
+
+    return bool(shutil.which("chromium") or shutil.which("chromium-browser"))
+
+
+# Debian package -> (is it there, the tests that need it: module names, or module::name prefixes).
+SYSTEM_NEEDS = {
+    "chromium": (_has_chromium, ("test_webui",)),
+    "postgresql": (_has_postgres, ("test_outer_loop::test_two_experiments_share_one_postgresql",
+                                   "test_outer_loop::test_tuners_starting_together_on_an_empty_postgresql")),
+    "dataset-fashion-mnist": (FASHION_MNIST_DIR.is_dir, ("test_data::test_real_fashion_mnist",
+                                                        "test_pipeline::test_shipped", "test_pipeline::test_gpu",
+                                                        "test_pipeline::test_check_reads")),
+    # A private network namespace for every NNI manager, whose REST server listens on every interface.
+    "iproute2": (_netns_available, ("test_nni_integration", "test_faults", "test_outer_loop", "test_webui",
+                                    "test_pipeline::test_pipeline_end_to_end", "test_pipeline::test_seeds_side")),
+}
+
+# Tests of real parts, or of many seconds: left out by -m "not integration".
+INTEGRATION = ("test_nni_integration", "test_faults", "test_outer_loop", "test_webui", "test_pipeline",
+               "test_search_cli", "test_studies", "test_checkpoint::test_search_killed", "test_registry::test_other",
+               "test_registry::test_entry_point", "test_check::test_cli", "test_export::test_cli",
+               "test_retrain::test_cli", "test_retrain::test_a_checkpoint_of_another", "test_retrain::test_retrain_after",
+               "test_tuner::test_sqlite_study_locked", "test_perturbation::test_search_with",
+               "test_perturbation::test_operations_are_chosen", "test_darts::test_second_order_gradient",
+               "test_baselines::test_baselines_in_two", "test_baselines::test_hand_matched")
+
+
+def _missing() -> dict[str, tuple[str, ...]]:
+    if not hasattr(_missing, "cache"):
+        _missing.cache = {name: needs for name, (present, needs) in SYSTEM_NEEDS.items() if not present()}
+    return _missing.cache
+
+
+def _matches(item, patterns) -> bool:
+    module = Path(str(item.fspath)).stem
+    return any(p == module or f"{module}::{item.name}".startswith(p) for p in patterns)
+
+
+def pytest_report_header(config):
+    missing = _missing()
+    if not missing:
+        return "system packages: all present"
+    return (f"system packages missing: {', '.join(missing)}; the tests that need them are skipped. "
+            f"Install: apt-get install {' '.join(missing)}")
+
+
+def pytest_sessionstart(session):
+    if os.environ.get("CI") and _missing():
+        pytest.exit(f"CI needs every system package the tests use; missing: {', '.join(_missing())} "
+                    f"(apt-get install {' '.join(_missing())})", returncode=3)
+
+
+def pytest_collection_modifyitems(config, items):
+    missing = _missing()
+    for item in items:
+        item.add_marker(pytest.mark.integration if _matches(item, INTEGRATION) else pytest.mark.unit)
+        for package, needs in missing.items():
+            if _matches(item, needs):
+                item.add_marker(pytest.mark.skip(reason=f"needs the system package {package}: "
+                                                        f"apt-get install {package}"))
