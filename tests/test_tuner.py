@@ -68,7 +68,7 @@ def test_nested_choice_samples_the_chosen_subspace():
 
 @pytest.mark.parametrize("space, message", [
     ({"x": {"_type": "choice", "_value": []}}, "'x'.*at least one"),
-    ({"x": {"_type": "uniform", "_value": [1, 1]}}, "'x'.*low < high"),
+    ({"x": {"_type": "uniform", "_value": [2, 1]}}, "'x'.*low <= high"),  # low == high is a point in NNI
     ({"x": {"_type": "randint", "_value": [5, 2]}}, "'x'.*lower < upper"),
     ({"x": {"_type": "loguniform", "_value": [0, 1]}}, "'x'.*low > 0"),
     ({"x": {"_type": "gaussian", "_value": [0, 1]}}, "'x'.*unknown _type 'gaussian'"),

@@ -8,7 +8,7 @@ NNI ``_type``     ``_value``                               Optuna parameter -> v
 choice            [v0, v1, ...]                            categorical over the values (or their
                                                            indices when values are not scalars)
 randint           [lower, upper)                           int in [lower, upper - 1]
-uniform           [low, high]                              float in [low, high]
+uniform           [low, high]                              float in [low, high] (low == high: low)
 quniform          [low, high, q]                           float x in [low, high] -> clip(round(x/q)*q)
 loguniform        [low, high]                              log-scaled float in [low, high]
 qloguniform       [low, high, q]                           log-scaled x -> clip(round(x/q)*q)
@@ -18,7 +18,8 @@ lognormal         [mu, sigma]                              as normal, then exp(x
 qlognormal        [mu, sigma, q]                           exp(normal), then round(x/q)*q
 ================  =======================================  ==========================================
 
-Optuna has no normal distribution, so the normal family is drawn through its quantile: a random
+A continuous range with low == high is a single point, as in NNI; ``randint [a, a]`` is empty and
+refused. Optuna has no normal distribution, so the normal family is drawn through its quantile: a random
 sampler then reproduces NNI's prior exactly, and TPE models the quantile. A ``choice`` whose
 values are dicts with ``_name`` is NNI's nested space: the chosen dict's other keys are sampled
 as a sub-space, named ``key/_name/subkey`` in the study.
@@ -118,8 +119,10 @@ def _compile_one(key: str, spec: Any, prefix: str) -> Param:
     if t in ("uniform", "quniform", "loguniform", "qloguniform"):
         arity(2 if t in ("uniform", "loguniform") else 3)
         low, high = _number(v[0], name, "low"), _number(v[1], name, "high")
-        if low >= high:
-            raise SearchSpaceError(f"search space parameter {name!r}: {t} needs low < high, got {v[:2]}")
+        # low == high is a single point in NNI (its random and TPE tuners always yield low); only randint,
+        # whose upper bound is exclusive, is empty there.
+        if low > high:
+            raise SearchSpaceError(f"search space parameter {name!r}: {t} needs low <= high, got {v[:2]}")
         log = "log" in t
         if log and low <= 0:
             raise SearchSpaceError(f"search space parameter {name!r}: {t} needs low > 0, got {low}")
