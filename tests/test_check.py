@@ -7,7 +7,7 @@ import sys
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import FASHION_MNIST_DIR, REPO
 
 from nni_visplugin.hpo.check import check_experiment
 
@@ -35,7 +35,8 @@ CASES = {
     "bad value": (_with(command_extra="--set order=3"), "order must be 1 or 2"),
     "unknown trial flag": (_with(command_extra="--epochz 3"), "unknown argument(s) --epochz"),
     "empty choice": (_with(space_extra={"epochs": {"_type": "choice", "_value": []}}), "'epochs': choice needs at least one option"),
-    "low >= high": (_with(space_extra={"arch_lr": {"_type": "loguniform", "_value": [0.1, 0.01]}}), "'arch_lr': loguniform needs low < high"),
+    # space.py phrases the accepted range (low < high, or low <= high where low == high is a point)
+    "low > high": (_with(space_extra={"arch_lr": {"_type": "loguniform", "_value": [0.1, 0.01]}}), "'arch_lr': loguniform needs low "),
     "unknown _type": (_with(space_extra={"arch_lr": {"_type": "gauss", "_value": [0, 1]}}), "unknown _type 'gauss'"),
     "tuned key unknown": (_with(space_extra={"lr": {"_type": "uniform", "_value": [0.1, 0.2]}}), "searchSpace.lr: unknown setting 'lr'"),
     "tuned value invalid": (_with(space_extra={"epochs": {"_type": "uniform", "_value": [1.5, 2.5]}}), "searchSpace.epochs: epochs must be an integer"),
@@ -89,6 +90,114 @@ def test_each_mistake_is_one_line_naming_the_field(case, tmp_path):
     assert len(problems) == 1, problems
     assert expected in problems[0], problems[0]
     assert "\n" not in problems[0]
+
+
+def _without(key, **changes):
+    return {**{k: v for k, v in BASE.items() if k != key}, **changes}
+
+
+# NNI's own fields, judged by NNI's config classes: case -> (config, the field named, the line must contain)
+NNI_CASES = {
+    "misspelled field": (_without("trialConcurrency", trialConcurency=2), "trialConcurency",
+                         "trialConcurency: not a field of NNI's experiment config (did you mean trialConcurrency?)"),
+    "concurrency zero": (_with(trialConcurrency=0), "trialConcurrency", "NNI requires trialConcurrency > 0, got 0"),
+    "max trials not a number": (_with(maxTrialNumber="ten"), "maxTrialNumber", "must be an integer, got 'ten'"),
+    "max trials zero": (_with(maxTrialNumber=0), "maxTrialNumber", "NNI requires maxTrialNumber > 0, got 0"),
+    "concurrency as text": (_with(trialConcurrency="2"), "trialConcurrency", "must be an integer, got '2'"),
+    "concurrency yes": (_with(trialConcurrency=True), "trialConcurrency", "must be an integer, got True"),
+    "missing trialConcurrency": (_without("trialConcurrency"), "trialConcurrency", "missing; NNI requires it (an integer)"),
+    "missing trainingService": (_without("trainingService"), "trainingService", "missing; NNI requires it"),
+    "unknown platform": (_with(trainingService={"platform": "lokal"}), "trainingService.platform",
+                         "'lokal' is not one of NNI's training services: aml, dlc, frameworkcontroller, kubeflow, "
+                         "local, openpai, remote (did you mean local?)"),
+    "training service not a mapping": (_with(trainingService="local"), "trainingService", "must be a mapping"),
+    "misspelled training-service field": (_with(trainingService={"platform": "local", "gpuIndicez": 0}),
+                                          "trainingService.gpuIndicez", "(did you mean gpuIndices?)"),
+    "misspelled tuner field": (_with(tuner={**BASE["tuner"], "classArg": {}}), "tuner.classArg",
+                               "not a field of NNI's tuner config (did you mean classArgs?)"),
+    "bad duration unit": (_with(maxExperimentDuration="15x"), "maxExperimentDuration", 'Bad unit in "15x"'),
+    "zero duration": (_with(maxTrialDuration="0m"), "maxTrialDuration", "NNI requires maxTrialDuration > 0, got '0m'"),
+    "bad log level": (_with(logLevel="verbose"), "logLevel", "NNI requires logLevel in ['fatal', 'error'"),
+    "no trial code directory": (_with(trialCodeDirectory="nope"), "trialCodeDirectory", "nope\" is not a directory"),
+    "no tuner code directory": (_with(tuner={**BASE["tuner"], "codeDirectory": "nope"}), "tuner.codeDirectory",
+                                "nope\" is not a directory"),
+    "a GPU without useActiveGpu": (_with(trialGpuNumber=1), "trainingService.useActiveGpu", "please set useActiveGpu"),
+    "field given twice": (_with(trial_concurrency=3), "trial_concurrency", "the same NNI field as trialConcurrency"),
+    "NAS experiment type": (_with(experimentType="nas"), "experimentType", "must be 'hpo', got 'nas'"),
+}
+
+
+@pytest.mark.parametrize("case", list(NNI_CASES))
+def test_each_nni_field_mistake_is_one_line_naming_the_field(case, tmp_path):
+    config, field, expected = NNI_CASES[case]
+    path = tmp_path / "exp.yml"
+    path.write_text(yaml.safe_dump(config))
+    problems = check_experiment(path)
+    assert len(problems) == 1, problems
+    assert problems[0].startswith(f"{field}: "), problems[0]
+    assert expected in problems[0], problems[0]
+    assert "\n" not in problems[0]
+
+
+def test_nni_fields_are_checked_in_a_pipeline_config(tmp_path):
+    path = tmp_path / "pipeline.yml"
+    path.write_text(yaml.safe_dump({"experiment": _with(trialConcurrency=0), "pipeline": {}}))
+    assert check_experiment(path) == ["trialConcurrency: NNI requires trialConcurrency > 0, got 0"]
+
+
+def test_nni_field_mistakes_are_all_reported(tmp_path):
+    path = tmp_path / "exp.yml"
+    path.write_text(yaml.safe_dump(_without("trialConcurrency", trialConcurency=2, maxTrialNumber="ten",
+                                            trainingService={"platform": "local", "useActiveGPU": "no"})))
+    assert sorted(check_experiment(path)) == [
+        "maxTrialNumber: must be an integer, got 'ten'",
+        "trainingService.useActiveGPU: must be true or false, got 'no'",
+        "trialConcurency: not a field of NNI's experiment config (did you mean trialConcurrency?)",
+    ]
+
+
+def test_nni_keys_ignore_case_and_underscores_as_nni_does(tmp_path):
+    path = tmp_path / "exp.yml"
+    config = {k: v for k, v in BASE.items() if k not in ("trialConcurrency", "maxTrialNumber")}
+    path.write_text(yaml.safe_dump({**config, "trial_concurrency": 2, "MaxTrialNumber": 3}))
+    assert check_experiment(path) == []
+
+
+def test_checking_nni_fields_writes_nothing(tmp_path, monkeypatch):
+    """NNI's platform lookup creates its config directory and copies a file there; its working
+    directory is made when the experiment starts: a check does neither."""
+    monkeypatch.setenv("NNI_CONFIG_DIR", str(tmp_path / "nni-config"))
+    path = tmp_path / "exp.yml"
+    path.write_text(yaml.safe_dump(_with(experimentWorkingDirectory=str(tmp_path / "work"))))
+    assert check_experiment(path) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exp.yml"]
+
+
+@pytest.mark.parametrize("config", sorted(p.name for p in (REPO / "experiments").glob("*.yml")))
+def test_shipped_configs_check_clean(config):
+    path = REPO / "experiments" / config
+    if "fashion-mnist" in path.read_text() and not FASHION_MNIST_DIR.is_dir():
+        pytest.skip("needs dataset-fashion-mnist")
+    assert check_experiment(path) == []
+
+
+def test_cli_prints_search_space_mistakes_as_its_lines_only(tmp_path):
+    """No log line or traceback of the tuner's error guard: one line a mistake, exit code 1."""
+    broken = {"empty choice": {"epochs": {"_type": "choice", "_value": []}},
+              "low > high": {"arch_lr": {"_type": "loguniform", "_value": [0.1, 0.01]}},
+              "unknown _type": {"arch_lr": {"_type": "gauss", "_value": [0, 1]}}}
+    paths = []
+    for i, extra in enumerate(broken.values()):
+        paths.append(tmp_path / f"bad{i}.yml")
+        paths[-1].write_text(yaml.safe_dump(_with(space_extra=extra)))
+    out = subprocess.run([sys.executable, "-m", "nni_visplugin.cli", "check", *map(str, paths)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1
+    assert out.stdout == ""
+    lines = out.stderr.splitlines()
+    assert [line.split(": ", 1)[0] for line in lines] == [str(p) for p in paths], out.stderr
+    assert all(line.startswith(f"{p}: searchSpace: search space parameter '") for line, p in zip(lines, paths))
+    assert "Traceback" not in out.stderr and "ERROR" not in out.stderr
 
 
 def test_malformed_yaml_names_the_line(tmp_path):

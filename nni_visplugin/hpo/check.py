@@ -3,12 +3,20 @@
 Every problem is one line naming the field and what to do. The checks are the ones the trial and
 the tuner make when they start, run ahead of time: the trial's settings, the search space of
 hyperparameters (and that every value it can produce is a valid setting), the tuner's arguments,
-dataset paths and latency tables.
+dataset paths and latency tables; and NNI's own fields, by NNI's config classes, as ``nnictl create``
+reads them (without the files and directories NNI makes on the way).
 """
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import linecache
 import logging
+import re
 import shlex
+import traceback
+import typing
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -162,24 +170,285 @@ def _check_assessor(assessor: Any, tuner: Any) -> list[str]:
     return problems
 
 
-def check_experiment(path: str | Path) -> list[str]:
-    """Problems found in the experiment config at ``path`` (empty when it is fine)."""
-    from nni_visplugin.config.search import SearchConfig
-    from nni_visplugin.hpo.space import SearchSpaceError
-    from nni_visplugin.hpo.tuner import OptunaTuner
+# ---------------------------------------------------------------------- NNI's own fields
+# Read from NNI's config classes (their dataclass fields and type hints) with NNI's key rule: case
+# and underscores are ignored, so trial_concurrency and TrialConcurrency are trialConcurrency too.
+def _fields(cls: type) -> dict[str, tuple[str, Any, bool]]:
+    """NNI key -> (field name, type hint, required) of one of NNI's config classes."""
+    from nni.experiment.config.utils import case_insensitive
+
+    hints = typing.get_type_hints(cls)
+    return {case_insensitive(f.name): (f.name, hints[f.name],
+                                       f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+            for f in dataclasses.fields(cls)}
+
+
+def _camel(name: str) -> str:
+    from nni.experiment.config.utils import camel_case
+
+    return camel_case(name)
+
+
+def _hint_args(hint: Any) -> list[Any]:
+    """The types a hint accepts, Unions flattened."""
+    if typing.get_origin(hint) is typing.Union:
+        return [a for arg in typing.get_args(hint) for a in _hint_args(arg)]
+    return [hint]
+
+
+def _describe(hint: Any) -> str:
+    """A type hint in words: Optional[int] -> 'an integer', Union[Path, str] -> 'a path'."""
+    names = {int: "an integer", str: "a string", bool: "true or false", float: "a number", Path: "a path",
+             dict: "a mapping", list: "a list", type(None): "null", Any: "anything"}
+    if _config_class(hint) is hint:
+        return "a mapping"
+    args = _hint_args(hint)
+    if len(args) > 1:
+        kept = [a for a in args if a is not type(None) and not (a is str and Path in args)]
+        return " or ".join(dict.fromkeys(_describe(a) for a in kept))
+    origin, inner = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Literal:
+        return " or ".join(repr(a) for a in inner)
+    if origin is list and inner:
+        return f"a list of {_describe(inner[0]).split(' ', 1)[-1]}s"
+    return names.get(origin or hint, getattr(hint, "__name__", str(hint)))
+
+
+def _config_class(hint: Any) -> type | None:
+    from nni.experiment.config.base import ConfigBase
+
+    for arg in _hint_args(hint):
+        arg = (typing.get_args(arg) or [arg])[0] if typing.get_origin(arg) is list else arg
+        if isinstance(arg, type) and issubclass(arg, ConfigBase):
+            return arg
+    return None
+
+
+def _platforms() -> dict[str, type]:
+    """NNI's built-in training services by platform (the classes NNI imports with its config)."""
+    from nni.experiment.config.training_service import TrainingServiceConfig
+
+    found, todo = {}, list(TrainingServiceConfig.__subclasses__())
+    while todo:
+        cls = todo.pop()
+        todo += cls.__subclasses__()
+        if isinstance(getattr(cls, "platform", None), str):
+            found[cls.platform] = cls
+    return found
+
+
+def _check_value(value: Any, field: tuple[str, Any, bool], name: str) -> list[str]:
+    from nni.experiment.config.algorithm import _AlgorithmConfig
+    from nni.experiment.config.training_service import TrainingServiceConfig
+    from nni.experiment.config.utils import is_instance
+
+    hint = field[1]
+    if is_instance(value, hint):
+        # typeguard takes true for an integer (trialConcurrency: yes): NNI would pass it on as is
+        if not isinstance(value, bool) or bool in _hint_args(hint) or Any in _hint_args(hint):
+            return []
+    sub = _config_class(hint)
+    if sub is TrainingServiceConfig:
+        return _check_training_service(value, name)
+    if sub is _AlgorithmConfig:
+        return _check_section(value, sub, name, f"{name} config")
+    if sub is not None and isinstance(value, dict):
+        return []  # another nested config (sharedStorage): NNI's own validation below judges it
+    return [f"{name}: must be {_describe(hint) if sub is None else 'a mapping'}, got {value!r}"]
+
+
+def _check_section(section: Any, cls: type, name: str, what: str, required: bool = False) -> list[str]:
+    """Every key of ``section`` a field of ``cls`` with a value of its type; ``required``: none missing."""
+    from nni.experiment.config.utils import case_insensitive
+
+    if not isinstance(section, dict):
+        return [f"{name}: must be a mapping of the fields of NNI's {what}, got {section!r}"]
+    fields = _fields(cls)
+    prefix = f"{name}." if name else ""
+    problems: list[str] = []
+    seen: dict[str, str] = {}
+    guessed: set[str] = set()
+    for key, value in section.items():
+        norm = case_insensitive(str(key))
+        if norm not in fields:
+            guess = difflib.get_close_matches(norm, list(fields), n=1)
+            guessed.update(guess)
+            hint = f" (did you mean {_camel(fields[guess[0]][0])}?)" if guess else ""
+            problems.append(f"{prefix}{key}: not a field of NNI's {what}{hint}")
+        elif norm in seen:
+            problems.append(f"{prefix}{key}: the same NNI field as {seen[norm]} (NNI ignores case and underscores); "
+                            "keep one")
+        else:
+            seen[norm] = str(key)
+            problems += _check_value(value, fields[norm], f"{prefix}{key}")
+    if required:
+        problems += [f"{prefix}{_camel(field)}: missing; NNI requires it ({_describe(hint)})"
+                     for norm, (field, hint, needed) in fields.items() if needed and norm not in seen.keys() | guessed]
+    return problems
+
+
+def _check_training_service(value: Any, name: str) -> list[str]:
+    if isinstance(value, list):
+        return [p for i, item in enumerate(value) for p in _check_training_service(item, f"{name}[{i}]")]
+    platforms = _platforms()
+    known = ", ".join(sorted(platforms))
+    if not isinstance(value, dict):
+        return [f"{name}: must be a mapping with a platform ({known}), got {value!r}"]
+    platform = value.get("platform")  # NNI picks the class by this key spelt exactly so, not case-insensitively
+    if platform is None:
+        return [f"{name}.platform: missing; NNI's training services: {known}"]
+    if platform not in platforms:
+        guess = difflib.get_close_matches(str(platform), list(platforms), n=1)
+        hint = f" (did you mean {guess[0]}?)" if guess else ""
+        return [f"{name}.platform: {platform!r} is not one of NNI's training services: {known}{hint}"]
+    return _check_section(value, platforms[platform], name, f"{platform} training service config")
+
+
+def _training_services(value: Any) -> Any:
+    """NNI's training-service objects, built here: NNI's own lookup of the platform writes a config
+    file into the environment (nni/runtime/config.py), which a check must not do."""
+    if isinstance(value, list):
+        return [_training_services(item) for item in value]
+    return _platforms()[value["platform"]](**value)
+
+
+def _nni_config(doc: dict[str, Any], base: Path) -> Any:
+    """NNI's ``ExperimentConfig`` of ``doc``, paths relative to ``base`` as ``nnictl create`` takes them."""
+    from nni.experiment.config import ExperimentConfig, utils
+
+    utils.set_base_path(base)
+    try:
+        ts_key = next(k for k in doc if utils.case_insensitive(str(k)) == "trainingservice")
+        return ExperimentConfig(**{**doc, ts_key: _training_services(doc[ts_key])})
+    finally:
+        utils.unset_base_path()
+
+
+def _nni_refusal(exc: BaseException, doc: dict[str, Any]) -> str:
+    """One line for an exception of NNI's validation: the field it concerns, then NNI's reason.
+
+    The config object that raised, and how it hangs from the experiment, come from the traceback;
+    the field from NNI's message, or from the line that raised (NNI's asserts have no message).
+    """
+    from nni.experiment.config.base import ConfigBase
+
+    chain: list[Any] = []
+    path: list[str] = []
+    line = ""
+    for frame, lineno in traceback.walk_tb(exc.__traceback__):
+        owner = frame.f_locals.get("self")
+        if not isinstance(owner, ConfigBase):
+            continue
+        line = linecache.getline(frame.f_code.co_filename, lineno).strip()
+        if chain and chain[-1] is owner:
+            continue
+        if chain:
+            link = _link(chain[-1], owner)
+            path = path + [link] if link else []  # not a child: canonical_copy's deep copy, a new root
+        chain.append(owner)
+    message = str(exc)
+    owner = chain[-1] if chain else None
+    names = [f.name for f in dataclasses.fields(owner)] if owner is not None else []
+    reason = re.sub(r"^\w+Config: ", "", message)
+    field = _named_field(reason, names) or next(iter(re.findall(r"self\.(\w+)", line)), None)
+    if field not in names:
+        return f"NNI's experiment config refuses it: {type(exc).__name__}: {message}"
+    if not isinstance(exc, (AssertionError, ValueError)):  # NNI tripped over the value rather than judged it
+        reason = f"NNI's config classes fail on it: {type(exc).__name__}: {message}"
+    elif not message and line.startswith("assert "):
+        condition = re.sub(r"self\.\w+ is None or ", "", line[len("assert "):])
+        condition = re.sub(r"utils\.parse_time\((self\.\w+)\)", r"\1", condition)
+        condition = condition.replace("self.", "")
+        reason = f"NNI requires {condition}, got {getattr(owner, field)!r}"
+    for name in sorted(names, key=len, reverse=True):
+        reason = re.sub(rf"\b{name}\b", _camel(name), reason)
+    reason = reason.removeprefix(_camel(field)).strip()
+    return f"{_where(doc, path, field)}: {reason}"
+
+
+def _link(parent: Any, child: Any) -> str | None:
+    for f in dataclasses.fields(parent):
+        value = getattr(parent, f.name)
+        if value is child:
+            return _camel(f.name)
+        if isinstance(value, list) and any(item is child for item in value):
+            return f"{_camel(f.name)}[{next(i for i, item in enumerate(value) if item is child)}]"
+    return None
+
+
+def _named_field(reason: str, names: list[str]) -> str | None:
+    """The field NNI's message names first (as ``trial_concurrency`` or as ``search space file``)."""
+    found = []
+    for name in names:
+        for spelling in (name, name.replace("_", " ")):
+            if match := re.search(rf"\b{re.escape(spelling)}\b", reason):
+                found.append((match.start(), -len(name), name))
+    return min(found)[2] if found else None
+
+
+def _where(doc: dict[str, Any], path: list[str], field: str) -> str:
+    """The key the user wrote: a training service's trialCommand, trialCodeDirectory, ... may be
+    given at the top level, from where NNI copies it."""
+    from nni.experiment.config.utils import case_insensitive
+
+    section: Any = doc
+    for part in path:
+        key, _, index = part.partition("[")
+        section = next((v for k, v in section.items() if case_insensitive(str(k)) == case_insensitive(key)), {})
+        section = section[int(index[:-1])] if index and isinstance(section, list) else section
+    keys = {case_insensitive(str(k)) for k in section} if isinstance(section, dict) else set()
+    if path and case_insensitive(field) not in keys and case_insensitive(field) in _fields_of_experiment():
+        return _camel(field)
+    return ".".join(path + [_camel(field)])
+
+
+def _fields_of_experiment() -> dict[str, tuple[str, Any, bool]]:
+    from nni.experiment.config import ExperimentConfig
+
+    return _fields(ExperimentConfig)
+
+
+def _check_nni(doc: dict[str, Any], base: Path) -> list[str]:
+    """NNI's fields of the experiment, checked by NNI's config classes as ``nnictl create`` will.
+
+    First each key, its type and the required ones (all problems at once); when those are right,
+    NNI's own validation (ranges, directories, ...), whose first refusal is one line.
+    """
+    from nni.experiment.config import ExperimentConfig
+    from typeguard import TypeCheckError
+
+    problems = _check_section(doc, ExperimentConfig, "", "experiment config", required=True)
+    if problems:
+        return problems
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # NNI's advice (an SSH password, an unset nniManagerIp) is not a problem
+        nni_logger = logging.getLogger("nni")
+        level = nni_logger.level
+        nni_logger.setLevel(logging.ERROR)
+        try:
+            _nni_config(doc, base).validate()
+        except (AssertionError, AttributeError, TypeError, ValueError, TypeCheckError) as exc:
+            return [_nni_refusal(exc, doc)]
+        finally:
+            nni_logger.setLevel(level)
+    return []
+
+
+# ---------------------------------------------------------------------- the experiment
+def _load(path: Path) -> tuple[dict[str, Any] | None, list[str]]:
+    """The NNI experiment of ``path`` (a pipeline config's ``experiment``), or the problems."""
     from nni_visplugin.utils.errors import ConfigError
 
-    path = Path(path)
     try:
         doc = yaml.safe_load(path.read_text())
     except OSError as exc:
-        return [f"{path}: cannot read ({exc.strerror})"]
+        return None, [f"{path}: cannot read ({exc.strerror})"]
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        return [f"malformed YAML{where}: {getattr(exc, 'problem', None) or exc}"]
+        return None, [f"malformed YAML{where}: {getattr(exc, 'problem', None) or exc}"]
     if not isinstance(doc, dict):
-        return ["the experiment config must be a YAML mapping of NNI fields"]
+        return None, ["the experiment config must be a YAML mapping of NNI fields"]
     if isinstance(doc.get("experiment"), dict) and "trialCommand" not in doc:
         # a pipeline config (nni-visplugin pipeline): its `pipeline` section and its experiment
         from nni_visplugin.config.pipeline import PipelineConfig
@@ -187,28 +456,58 @@ def check_experiment(path: str | Path) -> list[str]:
         try:
             PipelineConfig.load(path)
         except ConfigError as exc:
-            return [str(exc)]
+            return None, [str(exc)]
         doc = doc["experiment"]
+    return doc, []
 
-    problems: list[str] = []
-    problems += _check_tuner(doc.get("tuner"))
-    problems += _check_assessor(doc.get("assessor"), doc.get("tuner"))
+
+def _check_trial(doc: dict[str, Any]) -> tuple[Any, list[str]]:
+    """The trial's settings before tuning (a ``SearchConfig``), or None when there are none to check."""
+    from nni_visplugin.config.search import SearchConfig
+    from nni_visplugin.utils.errors import ConfigError
+
     command = doc.get("trialCommand")
     if not isinstance(command, str) or not command.strip():
-        return problems + ["trialCommand: missing; use python -m nni_visplugin.trial [--space ...] [--set key=value]"]
+        return None, ["trialCommand: missing; use python -m nni_visplugin.trial [--space ...] [--set key=value]"]
     args = _trial_args(command)
     if args is None:
-        return problems  # not a plugin trial: nothing more of ours to check
+        return None, []  # not a plugin trial: nothing more of ours to check
     fixed, error = _parse_trial(args)
     if error:
-        return problems + [error]
+        return None, [error]
     try:
         base = SearchConfig.create(fixed)
     except ConfigError as exc:
-        return problems + [f"trialCommand: {exc}"]
-    for check in (_check_data, _check_space, _check_latency_table):
-        if (problem := check(base)) is not None:
-            problems.append(problem)
+        return None, [f"trialCommand: {exc}"]
+    return base, [p for check in (_check_data, _check_space, _check_latency_table) if (p := check(base)) is not None]
+
+
+def _draws(space: dict[str, Any], count: int) -> list[dict[str, Any]]:
+    """``count`` values the tuner can send for ``space``, from NNI's space compiled as the tuner does.
+
+    The space is compiled here and not by a throw-away tuner: the tuner's error guard
+    (:func:`~nni_visplugin.hpo.study.surface_errors`) would log a mistake as a failure with its
+    traceback, where ``check`` owes one line.
+    """
+    import optuna
+
+    from nni_visplugin.hpo.space import compile_space, suggest
+
+    params = compile_space(space)
+    optuna_logger = logging.getLogger("optuna")
+    level = optuna_logger.level
+    optuna_logger.setLevel(logging.WARNING)  # "a new study created in memory" would mislead
+    try:
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    finally:
+        optuna_logger.setLevel(level)
+    return [suggest(study.ask(), params) for _ in range(count)]
+
+
+def _check_search_space(doc: dict[str, Any], path: Path, base: Any) -> list[str]:
+    from nni_visplugin.config.search import SearchConfig
+    from nni_visplugin.hpo.space import SearchSpaceError
+    from nni_visplugin.utils.errors import ConfigError
 
     space = doc.get("searchSpace")
     if space is None and doc.get("searchSpaceFile"):
@@ -216,34 +515,47 @@ def check_experiment(path: str | Path) -> list[str]:
         try:
             space = yaml.safe_load(space_file.read_text())
         except (OSError, yaml.YAMLError) as exc:
-            return problems + [f"searchSpaceFile: cannot read {space_file}: {exc}"]
+            return [f"searchSpaceFile: cannot read {space_file}: {exc}"]
     if space is None:
-        return problems + ["searchSpace: missing; give the hyperparameters to tune in NNI's format"]
-    quiet = [logging.getLogger(name) for name in ("nni_visplugin.tuners", "optuna")]
-    levels = [lg.level for lg in quiet]
-    for lg in quiet:  # a throw-away tuner that only checks the space: its start-up lines would mislead
-        lg.setLevel(logging.WARNING)
+        return ["searchSpace: missing; give the hyperparameters to tune in NNI's format"]
     try:
-        tuner = OptunaTuner(sampler="random", seed=0)
-    finally:
-        for lg, level in zip(quiet, levels):
-            lg.setLevel(level)
-    try:
-        tuner.update_search_space(space)
+        sample, *more = _draws(space, 9)
     except SearchSpaceError as exc:
-        return problems + [f"searchSpace: {exc}"]
-    sample = tuner.generate_parameters(0)
+        return [f"searchSpace: {exc}"]
+    problems = []
     for key in space:
         try:
             SearchConfig.create({key: sample[key]}, base=base)
         except ConfigError as exc:
             problems.append(f"searchSpace.{key}: {exc}")
-    if not any(p.startswith("searchSpace.") for p in problems):
-        for i in range(1, 9):  # values the tuner will really send, all together
+    if not problems:
+        for values in more:  # values the tuner will really send, all together
             try:
-                SearchConfig.create(tuner.generate_parameters(i), base=base)
+                SearchConfig.create(values, base=base)
             except ConfigError as exc:
-                problems.append(f"searchSpace: a value the tuner can draw is refused: {exc}")
-                break
+                return [f"searchSpace: a value the tuner can draw is refused: {exc}"]
     return problems
 
+
+def _field_named(problem: str) -> str:
+    return re.match(r"[A-Za-z_]*", problem).group()
+
+
+def check_experiment(path: str | Path) -> list[str]:
+    """Problems found in the experiment config at ``path`` (empty when it is fine).
+
+    One line a problem: where NNI's check and the plugin's name the same field, the plugin's line
+    (with the plugin's fix) stands for both.
+    """
+    path = Path(path)
+    doc, problems = _load(path)
+    if doc is None:
+        return problems
+    nni = _check_nni(doc, path.parent)
+    ours = _check_tuner(doc.get("tuner")) + _check_assessor(doc.get("assessor"), doc.get("tuner"))
+    base, trial = _check_trial(doc)
+    ours += trial
+    if base is not None:
+        ours += _check_search_space(doc, path, base)
+    named = {_field_named(p) for p in ours}
+    return [p for p in nni if _field_named(p) not in named] + ours
