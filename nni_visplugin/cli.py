@@ -15,7 +15,8 @@ DEFAULT_EXPERIMENT_ROOT = Path("~/nni-experiments")
 
 EXIT_CODES = """exit codes:
   0  done
-  1  the command ran and found problems (check), or a best/pareto query found nothing
+  1  the command ran and found problems (check), an export failed or did not match PyTorch,
+     or a best query found no finished trial
   2  a mistake in the command line or a config, a missing or unreadable file: one line on stderr,
      nni-visplugin: error: <what is wrong and what is accepted>
 """

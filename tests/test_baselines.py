@@ -100,12 +100,12 @@ def test_hand_matched_is_the_hand_cell_at_the_width_of_the_searched_cells_size(t
     pick = json.loads((search / "arch.json").read_text())
     hand = baselines.hand_arch("darts_cell", result["space_kwargs"])
     width, params, target = baselines.matched_width("darts_cell", result, hand, pick, 0, 0)
-    assert target == baselines._count_params("darts_cell", result, pick, 0, 0)
-    assert params == baselines._count_params("darts_cell", result, hand, width, 0)
+    assert target == baselines.count_params("darts_cell", result, pick, 0, 0)
+    assert params == baselines.count_params("darts_cell", result, hand, width, 0)
     searched = result["space_kwargs"]["width"]
     assert width % 2 == 0 and 2 <= width <= 2 * searched
     for other in range(2, 2 * searched + 1, 2):  # no other even width comes closer to the searched cell's size
-        assert abs(baselines._count_params("darts_cell", result, hand, other, 0) - target) >= abs(params - target)
+        assert abs(baselines.count_params("darts_cell", result, hand, other, 0) - target) >= abs(params - target)
 
     out = tmp_path / "baselines"
     argv = ["--config", str(_tiny_config(tmp_path)), "--search", str(search), "--random", "1", "--out", str(out),

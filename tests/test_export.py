@@ -86,8 +86,8 @@ def test_fixed_batch_size(retrained):
 
 @pytest.mark.parametrize("retrained", ["darts_cell"], indirect=True)
 def test_a_mismatching_export_is_refused(retrained, monkeypatch):
-    real_run = export_module._run_onnx
-    monkeypatch.setattr(export_module, "_run_onnx", lambda path, x: real_run(path, x) + 1e-3)
+    real_run = export_module.run_onnx
+    monkeypatch.setattr(export_module, "run_onnx", lambda path, x: real_run(path, x) + 1e-3)
     with pytest.raises(ExportError, match="differs from the PyTorch model by up to 0.001"):
         export_model(retrained, "onnx", retrained / "broken.onnx")
 
@@ -96,7 +96,7 @@ def test_missing_inputs_are_clear(tmp_path):
     with pytest.raises(ExportError, match="model.pt is missing"):
         export_model(tmp_path, "onnx")
     with pytest.raises(ExportError, match="needs the 'no_such_module' package: pip install 'nni-visplugin\\[export\\]'"):
-        export_module._require("no_such_module")
+        export_module.require("no_such_module")
 
 
 @pytest.mark.parametrize("retrained", ["darts_cell"], indirect=True)

@@ -21,11 +21,10 @@ from nni_visplugin.config.fields import setting, validate
 from nni_visplugin.data.datasets import CHANNELS, DATASETS
 from nni_visplugin.utils.devices import DEVICES_HELP, valid_device
 from nni_visplugin.utils.errors import ConfigError
-from nni_visplugin.utils.registry import SPACES, STRATEGIES, factory_parameters
+from nni_visplugin.utils.registry import DATA_KWARGS, SPACES, STRATEGIES, factory_parameters
 
 __all__ = ["SearchConfig", "ConfigError", "parse_assignments"]
 
-DATA_KWARGS = ("in_channels", "image_size", "num_classes")
 
 
 def parse_assignments(items: list[str] | None) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from typing import Iterator
 
 import torch
 
-__all__ = ["TensorLoader"]
+__all__ = ["TensorLoader", "bilevel_halves"]
 
 
 class TensorLoader:
@@ -34,3 +34,13 @@ class TensorLoader:
         for i in range(0, n, self.batch_size):
             idx = order[i:i + self.batch_size]
             yield self.x[idx], self.y[idx]
+
+
+def bilevel_halves(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices of the two halves of ``n`` training images (DARTS, section 2.3: the weights learn on
+    one, the architecture on the other), drawn by a seeded permutation; the second is the larger
+    one when ``n`` is odd."""
+    if n < 2:
+        raise ValueError("the training split needs at least 2 samples to be halved for the bilevel search")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return perm[: n // 2], perm[n // 2:]

@@ -15,9 +15,13 @@ from typing import Any
 import yaml
 
 from nni_visplugin.config.pipeline import PipelineConfig
-from nni_visplugin.utils.errors import ConfigError
+from nni_visplugin.utils.errors import ConfigError, UserError
 
-__all__ = ["run_experiment", "collect_trials"]
+__all__ = ["run_experiment", "collect_trials", "nni_rest", "ExperimentError"]
+
+
+class ExperimentError(UserError):
+    """NNI could not start the experiment, or it ended in ERROR; the message says where to look."""
 
 
 # ---------------------------------------------------------------------- stage 1: the NNI experiment
@@ -36,8 +40,9 @@ def _nni_config(cfg: PipelineConfig) -> dict[str, Any]:
     return exp
 
 
-def _get(port: int, path: str) -> Any:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/nni/{path}", timeout=10) as r:
+def nni_rest(port: int, path: str, timeout: float = 10) -> Any:
+    """GET ``path`` of the NNI manager's REST API on this machine's loopback, as JSON."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/nni/{path}", timeout=timeout) as r:
         return json.loads(r.read())
 
 
@@ -67,7 +72,7 @@ def run_experiment(cfg: PipelineConfig) -> dict[str, Any]:
     output = created.stdout + created.stderr
     match = re.search(r"nnictl stop (\w+)", output) or re.search(r"Experiment ID: ?\S*?(\w{8})", output)
     if created.returncode != 0 or not match:
-        raise RuntimeError(f"nnictl create failed:\n{output[-3000:]}")
+        raise ExperimentError("nnictl create failed: " + " | ".join(output.strip().splitlines()[-8:]))
     exp_id = match.group(1)
     print(f"search: experiment {exp_id}, web UI http://127.0.0.1:{cfg.port} (NNI listens on every interface: "
           "see the README's Security section)", flush=True)
@@ -76,8 +81,8 @@ def run_experiment(cfg: PipelineConfig) -> dict[str, Any]:
         last = None
         while True:
             try:
-                status = _get(cfg.port, "check-status")
-                trials = _get(cfg.port, "trial-jobs")
+                status = nni_rest(cfg.port, "check-status")
+                trials = nni_rest(cfg.port, "trial-jobs")
             except OSError:
                 time.sleep(2)
                 continue
@@ -92,7 +97,7 @@ def run_experiment(cfg: PipelineConfig) -> dict[str, Any]:
     finally:
         subprocess.run([_nnictl(), "stop", exp_id], capture_output=True, text=True, timeout=120)
     if status.get("status") == "ERROR":
-        raise RuntimeError(f"the experiment ended with ERROR: {status.get('errors')}; see nnictl log stderr {exp_id}")
+        raise ExperimentError(f"the experiment ended with ERROR: {status.get('errors')}; see nnictl log stderr {exp_id}")
     work = Path(nni_config["experimentWorkingDirectory"])
     return {"experiment_id": exp_id, "experiment_dir": str(work / exp_id), "status": status.get("status"),
             "search_wall_seconds": round(time.time() - started, 1)}

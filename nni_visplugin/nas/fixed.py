@@ -6,9 +6,10 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from nni_visplugin.utils.registry import SPACES
+from nni_visplugin.utils.errors import ConfigError
+from nni_visplugin.utils.registry import DATA_KWARGS, SPACES, factory_parameters
 
-__all__ = ["data_kwargs", "build_fixed_model", "validate_arch", "count_flops"]
+__all__ = ["data_kwargs", "build_fixed_model", "validate_arch", "fixed_kwargs", "count_flops"]
 
 
 def data_kwargs(splits: Any) -> dict[str, int]:
@@ -58,3 +59,25 @@ def count_flops(model: nn.Module, input_shape: tuple[int, int, int] | list[int])
         model(torch.zeros(1, *input_shape, device=device))
     model.train(was_training)
     return int(counter.get_total_flops())
+
+
+def fixed_kwargs(space: str, kwargs: dict[str, Any], width: int = 0, cells: int = 0, *,
+                 strict: bool = True) -> dict[str, Any]:
+    """The keyword arguments of a fixed network of ``space``: affine batch norm (a fixed network learns
+    its scale and shift, a supernet does not), then resized to ``width`` / ``cells`` where given.
+
+    With ``strict`` a size the space cannot take is refused, naming what it takes; without, it is ignored.
+    """
+    accepted = factory_parameters(SPACES.get(space))
+    out = dict(kwargs)
+    if "affine" in accepted:
+        out["affine"] = True
+    for value, key, flag in ((width, "width", "--width"), (cells, "num_cells", "--cells")):
+        if not value:
+            continue
+        if key in accepted:
+            out[key] = value
+        elif strict:
+            settable = ", ".join(n for n in accepted if n not in DATA_KWARGS)
+            raise ConfigError(f"space {space!r} has no {key!r} argument, so {flag} cannot resize it (it takes {settable})")
+    return out

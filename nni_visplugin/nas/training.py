@@ -99,34 +99,43 @@ def train_from_scratch(model: nn.Module, loader: Iterable, epochs: int, *, lr: f
         for epoch in range(start_epoch, epochs):
             start = time.perf_counter()
             epoch_lr = opt.param_groups[0]["lr"]
-            total, correct, n = 0.0, 0, 0
-            for step, (x, y) in enumerate(loader):
-                x, y = x.to(device), y.to(device)
-                if augment is not None:
-                    x = augment(x)
-                x = to_layout(x, device)
-                logits = model(x)
-                loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
-                check_finite(loss, f"retraining epoch {epoch} step {step}")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-                opt.step()
-                total += loss.item() * y.numel()
-                correct += (logits.argmax(1) == y).sum().item()
-                n += y.numel()
+            loss, accuracy = _train_epoch(model, loader, opt, epoch, label_smoothing=label_smoothing,
+                                          grad_clip=grad_clip, device=device, augment=augment)
             sched.step()
-            losses.append(total / max(n, 1))
+            losses.append(loss)
             if on_epoch is not None:
-                on_epoch(epoch, losses[-1])
+                on_epoch(epoch, loss)
             if on_record is not None:
-                on_record({"epoch": epoch, "train_loss": losses[-1], "train_accuracy": correct / max(n, 1),
-                           "lr": epoch_lr, "seconds": time.perf_counter() - start})
+                on_record({"epoch": epoch, "train_loss": loss, "train_accuracy": accuracy, "lr": epoch_lr,
+                           "seconds": time.perf_counter() - start})
             if on_checkpoint is not None:
                 on_checkpoint(epoch, {"optimizer": opt.state_dict(), "scheduler": sched.state_dict()})
         if losses and not math.isfinite(losses[-1]):
             raise FloatingPointError("training ended with a non-finite loss")
         return losses
+
+
+def _train_epoch(model: nn.Module, loader: Iterable, opt: torch.optim.Optimizer, epoch: int, *,
+                 label_smoothing: float, grad_clip: float, device: torch.device | str,
+                 augment: Callable[[torch.Tensor], torch.Tensor] | None) -> tuple[float, float]:
+    """One pass over ``loader``; the mean loss and the accuracy on the (augmented) batches as trained."""
+    total, correct, n = 0.0, 0, 0
+    for step, (x, y) in enumerate(loader):
+        x, y = x.to(device), y.to(device)
+        if augment is not None:
+            x = augment(x)
+        x = to_layout(x, device)
+        logits = model(x)
+        loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+        check_finite(loss, f"retraining epoch {epoch} step {step}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        opt.step()
+        total += loss.item() * y.numel()
+        correct += (logits.argmax(1) == y).sum().item()
+        n += y.numel()
+    return total / max(n, 1), correct / max(n, 1)
 
 
 def _warmup_cosine(epoch: int, warmup: int, epochs: int) -> float:

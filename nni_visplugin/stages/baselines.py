@@ -89,7 +89,7 @@ def hand_arch(space: str, kwargs: dict) -> dict:
     return arch
 
 
-def _count_params(space: str, result: dict, arch: dict, width: int, cells: int) -> int:
+def count_params(space: str, result: dict, arch: dict, width: int, cells: int) -> int:
     """Parameters of ``arch`` retrained at ``width`` and ``cells`` (0: the search's), on the search's images."""
     from nni_visplugin.nas.fixed import build_fixed_model
     from nni_visplugin.stages.retrain import retrain_kwargs
@@ -103,14 +103,14 @@ def _count_params(space: str, result: dict, arch: dict, width: int, cells: int) 
 def matched_width(space: str, result: dict, hand: dict, pick: dict, width: int, cells: int) -> tuple[int, int, int]:
     """The even width at which ``hand`` has the parameter count closest to ``pick`` at ``width`` (ties: the
     smaller width); with both counts: ``(width, hand's parameters, pick's parameters)``."""
-    target = _count_params(space, result, pick, width, cells)
+    target = count_params(space, result, pick, width, cells)
     top = 2 * (width or (result.get("space_kwargs") or result["search_space_kwargs"])["width"])
-    counts = {w: _count_params(space, result, hand, w, cells) for w in range(2, top + 1, 2)}
+    counts = {w: count_params(space, result, hand, w, cells) for w in range(2, top + 1, 2)}
     best = min(counts, key=lambda w: (abs(counts[w] - target), w))
     return best, counts[best], target
 
 
-def _retrain(job: tuple[str, str, dict, str]) -> dict:
+def retrain_one(job: tuple[str, str, dict, str]) -> dict:
     """One model; a line per epoch (a model cut short continues from its last epoch when run again)."""
     name, arch_dir, recipe, out = job
     import torch
@@ -167,9 +167,10 @@ def table(out: Path, models: dict[str, dict]) -> tuple[list[dict], list[str]]:
     return rows, missing
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--config", default="experiments/fashion_mnist.yml")
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="nni-visplugin baselines", description=__doc__.split("\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--config", default="experiments/fashion_mnist.yml", help="the pipeline config whose recipe is used")
     ap.add_argument("--search", help="directory with the picked search's arch.json and result.json, which give the "
                                      "space's settings (default: the best trial of the pipeline's search.json)")
     ap.add_argument("--random", type=int, default=5, help="number of random architectures")
@@ -177,30 +178,43 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="retraining seed (the pipeline's first seed)")
     ap.add_argument("--jobs", type=int, default=2, help="models retrained at once, one CPU thread each when > 1")
     ap.add_argument("--only", nargs="+", metavar="NAME", help="retrain only these models (random-K, hand, hand-matched)")
-    ap.add_argument("--out", default="runs/fashion_mnist_baselines")
-    args = ap.parse_args(argv)
+    ap.add_argument("--out", default="runs/fashion_mnist_baselines", help="output directory")
+    return ap
 
-    doc = yaml.safe_load(Path(args.config).read_text())
-    pipe = doc.get("pipeline") or {}
+
+def _recipe(config: Path, seed: int, jobs: int) -> tuple[dict, dict]:
+    """The pipeline config's ``pipeline`` part and its retraining recipe, for one seed."""
+    try:
+        doc = yaml.safe_load(config.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{config}: cannot read the pipeline config ({exc})") from None
+    pipe = (doc or {}).get("pipeline") or {}
     recipe = dict(pipe.get("retrain") or {})
     recipe.pop("seeds", None)
     recipe.pop("jobs", None)  # the pipeline's seeds at once; --jobs here
-    recipe["seed"] = args.seed
-    if args.jobs > 1:
+    recipe["seed"] = seed
+    if jobs > 1:
         recipe["threads"] = 1
-    search_dir = Path(args.search) if args.search else None
-    if search_dir is None:
+    return pipe, recipe
+
+
+def _search_dir(search: str | None, pipe: dict) -> Path:
+    if search:
+        search_dir = Path(search)
+    else:
         found = Path(pipe.get("out", "runs/fashion_mnist")) / "search.json"
         if not found.exists():
             raise ConfigError(f"{found} not found: run the pipeline first or pass --search DIR")
         search_dir = Path(json.loads(found.read_text())["best"]["dir"])
     if not (search_dir / "result.json").exists():
         raise ConfigError(f"{search_dir / 'result.json'} not found: --search takes a search output directory")
-    result = json.loads((search_dir / "result.json").read_text())
+    return search_dir
+
+
+def _plan(args: argparse.Namespace, search_dir: Path, result: dict, recipe: dict) -> tuple[dict, dict]:
+    """The models of this call (name -> architecture) and each one's recipe."""
     space = result["space"]
     kwargs = result.get("search_space_kwargs") or result["space_kwargs"]
-
-    out = Path(args.out)
     models = {f"random-{k}": random_arch(space, kwargs, k) for k in range(args.first_seed, args.first_seed + args.random)}
     models["hand"] = models["hand-matched"] = hand_arch(space, kwargs)
     unknown = sorted(set(args.only or ()) - set(models))
@@ -213,7 +227,12 @@ def main(argv: list[str] | None = None) -> int:
                                               recipe.get("cells", 0))
         recipes["hand-matched"] = {**recipe, "width": width}
         print(f"hand-matched: width {width}, {params:,} parameters (the searched cell: {target:,})", flush=True)
-    jobs, names = [], []
+    return models, recipes
+
+
+def _jobs(args: argparse.Namespace, models: dict, recipes: dict, result: dict, out: Path) -> list[tuple]:
+    """One retraining per model asked for and not finished before; its architecture written for it."""
+    jobs = []
     for name, arch in models.items():
         if args.only and name not in args.only:
             continue
@@ -226,15 +245,18 @@ def main(argv: list[str] | None = None) -> int:
         (src / "arch.json").write_text(json.dumps(arch, indent=1))
         (src / "result.json").write_text(json.dumps({**result, "arch_origin": name}, indent=1))
         jobs.append((name, str(src), recipes[name], str(d)))
-        names.append(name)
+    return jobs
+
+
+def _run(jobs: list[tuple], workers: int) -> None:
     started = time.time()
-    if len(jobs) > 1 and args.jobs > 1:
-        pool = ProcessPoolExecutor(max_workers=args.jobs)
-        results = pool.map(_retrain, jobs)
+    if len(jobs) > 1 and workers > 1:
+        pool = ProcessPoolExecutor(max_workers=workers)
+        results = pool.map(retrain_one, jobs)
     else:  # one at a time, in this process
-        pool, results = None, map(_retrain, jobs)
+        pool, results = None, map(retrain_one, jobs)
     try:
-        for name, metrics in zip(names, results):
+        for (name, *_), metrics in zip(jobs, results):
             print(f"{name}: test accuracy {metrics['test_accuracy']:.4f}, {metrics['num_params']} parameters, "
                   f"{metrics['wall_seconds']:.0f} s", flush=True)
     finally:
@@ -242,6 +264,15 @@ def main(argv: list[str] | None = None) -> int:
             pool.shutdown(cancel_futures=True)
     print(f"retrained {len(jobs)} model(s) in {time.time() - started:.0f} s", flush=True)
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    pipe, recipe = _recipe(Path(args.config), args.seed, args.jobs)
+    search_dir = _search_dir(args.search, pipe)
+    result = json.loads((search_dir / "result.json").read_text())
+    out = Path(args.out)
+    models, recipes = _plan(args, search_dir, result, recipe)
+    _run(_jobs(args, models, recipes, result, out), args.jobs)
     rows, missing = table(out, models)
     out.mkdir(parents=True, exist_ok=True)
     (out / "baselines.json").write_text(json.dumps(rows, indent=1))

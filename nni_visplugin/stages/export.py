@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 
 from nni_visplugin.stages.search import load_model
-from nni_visplugin.utils.errors import UserError
+from nni_visplugin.utils.errors import EXIT_FAILED, UserError
 from nni_visplugin.utils.files import write_json
 
 __all__ = ["export_model", "Normalized", "ExportError", "FORMATS"]
@@ -41,6 +41,8 @@ SCALING = {"digits": "pixel values / 16 (scikit-learn's digits range 0..16)",
 
 class ExportError(UserError, RuntimeError):
     """An export failed or does not reproduce the PyTorch model."""
+
+    exit_code = EXIT_FAILED  # the export stage failed: no verified file came out
 
 
 class Normalized(nn.Module):
@@ -56,7 +58,7 @@ class Normalized(nn.Module):
         return self.model((x - self.mean) / self.std)
 
 
-def _require(module: str) -> None:
+def require(module: str) -> None:
     import importlib.util
 
     if importlib.util.find_spec(module) is None:
@@ -65,7 +67,7 @@ def _require(module: str) -> None:
 
 def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path, dynamic: bool) -> dict[str, Any]:
     for module in ("onnx", "onnxscript", "onnxruntime"):
-        _require(module)
+        require(module)
     dynamic_shapes = ({0: torch.export.Dim("batch")},) if dynamic else None
     # The exporter's optimiser logs every pass at INFO; only its warnings concern the user.
     quiet = [logging.getLogger(name) for name in ("onnxscript", "onnx_ir")]
@@ -87,7 +89,7 @@ def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path, dynamic: b
     return {"opset": opset}
 
 
-def _run_onnx(path: Path, x: torch.Tensor) -> torch.Tensor:
+def run_onnx(path: Path, x: torch.Tensor) -> torch.Tensor:
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -108,12 +110,66 @@ def _export_torchscript(model: nn.Module, example: torch.Tensor, path: Path) -> 
     return {}
 
 
-def _run_torchscript(path: Path, x: torch.Tensor) -> torch.Tensor:
+def run_torchscript(path: Path, x: torch.Tensor) -> torch.Tensor:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*torch\.jit.* is deprecated")
         loaded = torch.jit.load(str(path), map_location="cpu")
     with torch.no_grad():
         return loaded(x)
+
+
+def _load(d: Path) -> tuple[nn.Module, dict[str, Any]]:
+    """The trained model of directory ``d`` with its normalisation built in, and its ``result.json``."""
+    if not (d / "model.pt").is_file():
+        raise ExportError(f"{d / 'model.pt'} is missing: export takes a retrain or search output directory")
+    try:
+        result = json.loads((d / "result.json").read_text())
+        mean, std = result["normalization"]["mean"], result["normalization"]["std"]
+        tuple(result["input_shape"])
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ExportError(f"{d / 'result.json'} lacks the input shape or normalisation ({exc})") from None
+    try:
+        return Normalized(load_model(d), mean, std).eval(), result
+    except (UserError, KeyError, ValueError, RuntimeError) as exc:
+        raise ExportError(f"cannot rebuild the model of {d}: {exc}") from None
+
+
+def _verify(model: nn.Module, path: Path, run, batches: list[torch.Tensor], tolerance: float) -> float:
+    """The largest difference between the exported file and PyTorch over ``batches``."""
+    diffs = []
+    for x in batches:
+        with torch.no_grad():
+            expected = model(x)
+        got = run(path, x)
+        if got.shape != expected.shape:
+            raise ExportError(f"{path} returns shape {tuple(got.shape)} for a batch of {len(x)}, "
+                              f"PyTorch {tuple(expected.shape)}")
+        diffs.append((got - expected).abs().max().item())
+    max_diff = max(diffs)
+    if not max_diff <= tolerance:  # also catches NaN
+        raise ExportError(f"{path} differs from the PyTorch model by up to {max_diff:.3g} (tolerance {tolerance:g})")
+    return max_diff
+
+
+def _report(fmt: str, path: Path, d: Path, result: dict[str, Any], batch_size: int, sizes: list[int],
+            max_diff: float, tolerance: float, extra: dict[str, Any]) -> dict[str, Any]:
+    """What ``<file>.json`` says of the export: inputs, outputs, the check against PyTorch."""
+    dataset, shape = result.get("dataset"), tuple(result["input_shape"])
+    mean, std = result["normalization"]["mean"], result["normalization"]["std"]
+    batch_dim: int | str = batch_size or "batch"
+    return {
+        "format": fmt, "file": str(path),
+        "input": {
+            "name": INPUT_NAME, "shape": [batch_dim, *shape], "dtype": "float32",
+            "description": f"float32 [{batch_dim}, {', '.join(map(str, shape))}] images in [0, 1] "
+                           f"({SCALING.get(dataset, 'pixel values / their maximum')}); "
+                           "the (x - mean) / std normalisation is built into the graph",
+            "normalization_built_in": True, "mean": mean, "std": std,
+        },
+        "output": {"name": OUTPUT_NAME, "shape": [batch_dim, result.get("num_classes")], "meaning": "logits"},
+        "dataset": dataset, "space": result.get("space"), "source": str(d), "max_abs_diff": max_diff,
+        "tolerance": tolerance, "verified_batch_sizes": sizes, "torch_version": torch.__version__, **extra,
+    }
 
 
 def export_model(directory: str | os.PathLike, fmt: str = "onnx", out: str | os.PathLike | None = None, *,
@@ -129,66 +185,18 @@ def export_model(directory: str | os.PathLike, fmt: str = "onnx", out: str | os.
     if batch_size < 0:
         raise ExportError(f"batch size must be >= 0, got {batch_size}")
     d = Path(directory).expanduser()
-    if not (d / "model.pt").is_file():
-        raise ExportError(f"{d / 'model.pt'} is missing: export takes a retrain or search output directory")
-    try:
-        result = json.loads((d / "result.json").read_text())
-        mean, std = result["normalization"]["mean"], result["normalization"]["std"]
-        shape = tuple(result["input_shape"])
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise ExportError(f"{d / 'result.json'} lacks the input shape or normalisation ({exc})") from None
-    try:
-        model = Normalized(load_model(d), mean, std).eval()
-    except (FileNotFoundError, KeyError, ValueError, RuntimeError) as exc:
-        raise ExportError(f"cannot rebuild the model of {d}: {exc}") from None
-
+    model, result = _load(d)
     path = Path(out).expanduser() if out else d / f"model{FORMATS[fmt]}"
     path.parent.mkdir(parents=True, exist_ok=True)
     gen = torch.Generator().manual_seed(seed)
     sizes = [batch_size] if batch_size else [1, 8]
-    batches = [torch.rand(n, *shape, generator=gen) for n in sizes]
+    batches = [torch.rand(n, *result["input_shape"], generator=gen) for n in sizes]
     example = batches[-1] if not batch_size else batches[0]
     if fmt == "onnx":
-        extra = _export_onnx(model, example, path, dynamic=not batch_size)
-        run = _run_onnx
+        extra, run = _export_onnx(model, example, path, dynamic=not batch_size), run_onnx
     else:
-        extra = _export_torchscript(model, example, path)
-        run = _run_torchscript
-
-    diffs = []
-    for x in batches:
-        with torch.no_grad():
-            expected = model(x)
-        got = run(path, x)
-        if got.shape != expected.shape:
-            raise ExportError(f"{path} returns shape {tuple(got.shape)} for a batch of {len(x)}, "
-                              f"PyTorch {tuple(expected.shape)}")
-        diffs.append((got - expected).abs().max().item())
-    max_diff = max(diffs)
-    if not max_diff <= tolerance:  # also catches NaN
-        raise ExportError(f"{path} differs from the PyTorch model by up to {max_diff:.3g} (tolerance {tolerance:g})")
-
-    dataset = result.get("dataset")
-    batch_dim: int | str = batch_size or "batch"
-    report = {
-        "format": fmt,
-        "file": str(path),
-        "input": {
-            "name": INPUT_NAME, "shape": [batch_dim, *shape], "dtype": "float32",
-            "description": f"float32 [{batch_dim}, {', '.join(map(str, shape))}] images in [0, 1] "
-                           f"({SCALING.get(dataset, 'pixel values / their maximum')}); "
-                           "the (x - mean) / std normalisation is built into the graph",
-            "normalization_built_in": True, "mean": mean, "std": std,
-        },
-        "output": {"name": OUTPUT_NAME, "shape": [batch_dim, result.get("num_classes")], "meaning": "logits"},
-        "dataset": dataset,
-        "space": result.get("space"),
-        "source": str(d),
-        "max_abs_diff": max_diff,
-        "tolerance": tolerance,
-        "verified_batch_sizes": sizes,
-        "torch_version": torch.__version__,
-        **extra,
-    }
+        extra, run = _export_torchscript(model, example, path), run_torchscript
+    max_diff = _verify(model, path, run, batches, tolerance)
+    report = _report(fmt, path, d, result, batch_size, sizes, max_diff, tolerance, extra)
     write_json(path.with_name(path.name + ".json"), report)
     return report

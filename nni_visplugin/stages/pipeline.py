@@ -34,7 +34,14 @@ from pathlib import Path
 from typing import Any
 
 from nni_visplugin.config.pipeline import PipelineConfig
-from nni_visplugin.hpo.experiment import collect_trials, run_experiment
+from nni_visplugin.config.retrain import RetrainConfig
+from nni_visplugin.hpo.experiment import ExperimentError, collect_trials, run_experiment
+from nni_visplugin.nas.latency import measure_model
+from nni_visplugin.stages.export import export_model
+from nni_visplugin.stages.report import PUBLISHED_FASHION_MNIST, write_report
+from nni_visplugin.stages.retrain import epoch_line, retrain
+from nni_visplugin.stages.search import load_model
+from nni_visplugin.utils.files import write_json
 
 __all__ = ["PipelineConfig", "run_pipeline"]
 
@@ -44,8 +51,6 @@ _logger = logging.getLogger(__name__)
 # ---------------------------------------------------------------------- stage 2: retraining
 def _retrain_one(arch: str, seed: int, recipe: dict[str, Any], run_dir: str, parallel: bool) -> dict[str, Any]:
     """One seed's retraining; in a worker process when ``parallel`` (one line per epoch, no bar)."""
-    from nni_visplugin.config.retrain import RetrainConfig
-    from nni_visplugin.stages.retrain import epoch_line, retrain
 
     config = RetrainConfig(arch=arch, seed=seed, **recipe, **({"progress": False} if parallel else {}))
 
@@ -61,9 +66,6 @@ def _remeasure_latency(runs: dict[Path, dict[str, Any]]) -> None:
     (run directory -> metrics) and in ``metrics.json``."""
     import torch
 
-    from nni_visplugin.nas.latency import measure_model
-    from nni_visplugin.stages.search import load_model
-    from nni_visplugin.utils.files import write_json
 
     threads = torch.get_num_threads()
     try:
@@ -136,7 +138,6 @@ def retrain_seeds(cfg: PipelineConfig, arch: Path, root: Path) -> list[dict[str,
         for seed in todo:
             finished(seed, _retrain_one(str(arch), seed, cfg.retrain, str(root / f"seed{seed}"), False))
     if todo:
-        from nni_visplugin.utils.files import write_json
 
         stage_file = root / "stage.json"
         before = json.loads(stage_file.read_text())["wall_seconds"] if stage_file.exists() else 0.0
@@ -145,54 +146,54 @@ def retrain_seeds(cfg: PipelineConfig, arch: Path, root: Path) -> list[dict[str,
 
 
 # ---------------------------------------------------------------------- the whole thing
-def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
-    from nni_visplugin.stages.export import export_model
-    from nni_visplugin.stages.report import PUBLISHED_FASHION_MNIST, write_report
-    from nni_visplugin.utils.files import write_json
-
-    started = time.time()
-    out = cfg.out
-    out.mkdir(parents=True, exist_ok=True)
-    search_file = out / "search.json"
-    searched = not search_file.exists()
-    fresh_seeds = [s for s in cfg.seeds if not _seed_done(out / "retrain", s)]
+def _search_stage(cfg: PipelineConfig) -> dict[str, Any]:
+    """The NNI experiment and its pick (by validation accuracy only: the test split stays unseen),
+    or what an earlier call found (``search.json``)."""
+    search_file = cfg.out / "search.json"
     if search_file.exists():
         search = json.loads(search_file.read_text())
         print(f"search: done before ({search['experiment_id']}), reusing {search_file}", flush=True)
-    else:
-        search = run_experiment(cfg)
-        trials = collect_trials(Path(search["experiment_dir"]))
-        if not trials:
-            raise RuntimeError(f"no trial of experiment {search['experiment_id']} finished with a result")
-        best = max(trials, key=lambda t: t["val_accuracy"])  # validation accuracy only: the test split stays unseen
-        search.update({"trials": trials, "best": best})
-        write_json(search_file, search)
-    best = search["best"]
-    print(f"picked: trial {best['trial']} (val accuracy {best['val_accuracy']:.4f}, {best['num_params']} parameters "
-          f"as its search scored it)", flush=True)
+        return search
+    search = run_experiment(cfg)
+    trials = collect_trials(Path(search["experiment_dir"]))
+    if not trials:
+        raise ExperimentError(f"no trial of experiment {search['experiment_id']} finished with a result; "
+                              f"see nnictl log stderr {search['experiment_id']}")
+    search.update({"trials": trials, "best": max(trials, key=lambda t: t["val_accuracy"])})
+    write_json(search_file, search)
+    return search
 
-    runs = retrain_seeds(cfg, Path(best["dir"]) / "arch.json", out / "retrain")
-    stage_file = out / "retrain" / "stage.json"
-    stage = json.loads(stage_file.read_text()) if stage_file.exists() else {"wall_seconds": 0.0}
 
+def _export_stage(cfg: PipelineConfig, runs: list[dict[str, Any]]) -> dict[str, Any]:
     exports = {}
     for fmt in cfg.export:
         exports[fmt] = export_model(runs[0]["dir"], fmt)
         print(f"export {fmt}: {exports[fmt].get('file', '')} (max abs difference to PyTorch "
               f"{exports[fmt].get('max_abs_diff')})", flush=True)
+    return exports
 
+
+def _comparison(cfg: PipelineConfig, runs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], float, float]:
+    """The report's table: this pipeline's mean over seeds, the baselines, the published results."""
     accs = [r["test_accuracy"] for r in runs]
     mean = statistics.mean(accs)
     spread = statistics.stdev(accs) if len(accs) > 1 else 0.0
-    comparison = [{"model": "this pipeline (search + retrain)", "test_accuracy": mean, "params": runs[0]["num_params"],
-                   "note": f"mean of seeds {', '.join(map(str, cfg.seeds))} (std {spread:.4f}): "
-                           + ", ".join(f"{a:.4f}" for a in accs)}]
+    rows = [{"model": "this pipeline (search + retrain)", "test_accuracy": mean, "params": runs[0]["num_params"],
+             "note": f"mean of seeds {', '.join(map(str, cfg.seeds))} (std {spread:.4f}): "
+                     + ", ".join(f"{a:.4f}" for a in accs)}]
     if cfg.baselines and cfg.baselines.exists():
-        comparison += json.loads(cfg.baselines.read_text())
+        rows += json.loads(cfg.baselines.read_text())
     if cfg.retrain.get("dataset") == "fashion-mnist":
-        comparison += PUBLISHED_FASHION_MNIST
-    total = time.time() - started
-    summary = {
+        rows += PUBLISHED_FASHION_MNIST
+    return rows, mean, spread
+
+
+def _summary(cfg: PipelineConfig, search: dict[str, Any], runs: list[dict[str, Any]], mean: float, spread: float,
+             started: float) -> dict[str, Any]:
+    stage_file = cfg.out / "retrain" / "stage.json"
+    stage = json.loads(stage_file.read_text()) if stage_file.exists() else {"wall_seconds": 0.0}
+    best = search["best"]
+    return {
         "config": str(cfg.source), "experiment": search["experiment_id"], "searches": len(search["trials"]),
         "picked trial": best["trial"], "picked val accuracy": best["val_accuracy"],
         "test accuracy (mean over seeds)": mean, "test accuracy std": spread, "seeds": list(cfg.seeds),
@@ -201,23 +202,44 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
         "search wall time (s)": search.get("search_wall_seconds"),
         "retrain wall time (s)": stage["wall_seconds"] or round(sum(r.get("wall_seconds", 0) for r in runs), 1),
         "retrain seeds at once": cfg.jobs,
-        "pipeline wall time this run (s)": round(total, 1),
+        "pipeline wall time this run (s)": round(time.time() - started, 1),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
     }
+
+
+def _calls(cfg: PipelineConfig, started: float, searched: bool, fresh_seeds: list[int]) -> list[dict[str, Any]]:
+    """Every call of the command on this output directory, with what it did: a pipeline resumed or
+    extended (more seeds) keeps the wall time of the call that searched and retrained."""
+    previous = cfg.out / "pipeline.json"
+    calls = json.loads(previous.read_text()).get("calls", []) if previous.exists() else []
+    calls.append({"started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)), "searched": searched,
+                  "retrained seeds": fresh_seeds, "seeds": list(cfg.seeds), "jobs": cfg.jobs,
+                  "threads": cfg.retrain.get("threads", 0), "wall_seconds": round(time.time() - started, 1)})
+    return calls
+
+
+def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
+    """Search, pick, retrain per seed, export, report; stages whose files are there are not redone."""
+    started = time.time()
+    out = cfg.out
+    out.mkdir(parents=True, exist_ok=True)
+    searched = not (out / "search.json").exists()
+    fresh_seeds = [s for s in cfg.seeds if not _seed_done(out / "retrain", s)]
+    search = _search_stage(cfg)
+    best = search["best"]
+    print(f"picked: trial {best['trial']} (val accuracy {best['val_accuracy']:.4f}, {best['num_params']} parameters "
+          f"as its search scored it)", flush=True)
+    runs = retrain_seeds(cfg, Path(best["dir"]) / "arch.json", out / "retrain")
+    exports = _export_stage(cfg, runs)
+    comparison, mean, spread = _comparison(cfg, runs)
+    summary = _summary(cfg, search, runs, mean, spread, started)
     history = json.loads((Path(best["dir"]) / "alphas.json").read_text())
     arch = json.loads((Path(best["dir"]) / "arch.json").read_text())
     report = write_report(out, title=f"nni-visplugin pipeline: {cfg.source.name if cfg.source else out.name}",
                           summary=summary, trials=search["trials"], history=history, arch=arch, runs=runs,
                           comparison=comparison)
-    # Every call of the command on this output directory, with what it did: a pipeline resumed or
-    # extended (more seeds) keeps the wall time of the call that searched and retrained.
-    previous = out / "pipeline.json"
-    calls = json.loads(previous.read_text()).get("calls", []) if previous.exists() else []
-    calls.append({"started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)), "searched": searched,
-                  "retrained seeds": fresh_seeds, "seeds": list(cfg.seeds), "jobs": cfg.jobs,
-                  "threads": cfg.retrain.get("threads", 0), "wall_seconds": round(time.time() - started, 1)})
     result = {"summary": summary, "runs": runs, "exports": exports, "comparison": comparison, "report": str(report),
-              "calls": calls}
+              "calls": _calls(cfg, started, searched, fresh_seeds)}
     write_json(out / "pipeline.json", result)
     print(f"report: {report}", flush=True)
     return result

@@ -46,48 +46,22 @@ from typing import Any, Callable
 import torch
 
 from nni_visplugin.config.retrain import RetrainConfig
-from nni_visplugin.config.search import DATA_KWARGS
 from nni_visplugin.data.augment import make_augment
 from nni_visplugin.data.datasets import CHANNELS, load_dataset
 from nni_visplugin.data.loader import TensorLoader
-from nni_visplugin.nas.fixed import build_fixed_model, count_flops, data_kwargs
+from nni_visplugin.nas.fixed import build_fixed_model, count_flops, data_kwargs, fixed_kwargs
 from nni_visplugin.nas.training import evaluate, train_from_scratch
 from nni_visplugin.utils.checkpoints import CheckpointError, SearchCheckpoints
 from nni_visplugin.utils.devices import resolve_device
 from nni_visplugin.utils.errors import ConfigError
 from nni_visplugin.utils.files import write_json
-from nni_visplugin.utils.registry import SPACES, factory_parameters
+from nni_visplugin.stages.search import read_search
+from nni_visplugin.utils.registry import DATA_KWARGS
 from nni_visplugin.utils.seeding import rng_state, seed_everything, set_rng_state
 
-__all__ = ["retrain", "read_search", "retrain_kwargs", "epoch_line"]
+__all__ = ["retrain", "retrain_kwargs", "epoch_line"]
 
 _logger = logging.getLogger(__name__)
-
-
-def read_search(arch: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any], Path]:
-    """The architecture and the ``result.json`` beside it; ``arch`` is the file or its directory.
-
-    Raises :class:`ConfigError` naming the file when either is missing, corrupt or incomplete.
-    """
-    path = Path(arch).expanduser()
-    if path.is_dir():
-        path = path / "arch.json"
-    result_path = path.parent / "result.json"
-    loaded = []
-    for p, what in ((path, "architecture"), (result_path, "search result")):
-        try:
-            loaded.append(json.loads(p.read_text()))
-        except FileNotFoundError:
-            raise ConfigError(f"{what} file {p} is missing; --arch takes the arch.json of a search output directory") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"{what} file {p} is unreadable or corrupt: {exc}") from None
-    arch_dict, result = loaded
-    if not isinstance(arch_dict, dict):
-        raise ConfigError(f"{path} must hold a JSON object of label -> choice, not {type(arch_dict).__name__}")
-    if not isinstance(result, dict) or not isinstance(result.get("space"), str) \
-            or not isinstance(result.get("space_kwargs", result.get("search_space_kwargs")), dict):
-        raise ConfigError(f"{result_path} names no space and space_kwargs: it is not a search's result.json")
-    return arch_dict, result, path
 
 
 def _searched_channels(result: dict[str, Any]) -> int | None:
@@ -99,23 +73,9 @@ def _searched_channels(result: dict[str, Any]) -> int | None:
 
 def retrain_kwargs(result: dict[str, Any], data: dict[str, int], width: int = 0, cells: int = 0) -> dict[str, Any]:
     """Keyword arguments of the retrained network: the search's measured network, resized, fitted to ``data``."""
-    space = result["space"]
-    try:
-        accepted = factory_parameters(SPACES.get(space))
-    except KeyError as exc:
-        raise ConfigError(exc.args[0]) from None
-    kwargs = {k: v for k, v in (result.get("space_kwargs") or result["search_space_kwargs"]).items()
-              if k not in DATA_KWARGS}
-    if "affine" in accepted:
-        kwargs["affine"] = True  # fixed networks learn their batch-norm scale and shift
-    for value, key, flag in ((width, "width", "--width"), (cells, "num_cells", "--cells")):
-        if not value:
-            continue
-        if key not in accepted:
-            settable = ", ".join(n for n in accepted if n not in DATA_KWARGS)
-            raise ConfigError(f"space {space!r} has no {key!r} argument, so {flag} cannot resize it (it takes {settable})")
-        kwargs[key] = value
-    return {**kwargs, **data}
+    searched = {k: v for k, v in (result.get("space_kwargs") or result["search_space_kwargs"]).items()
+                if k not in DATA_KWARGS}
+    return {**fixed_kwargs(result["space"], searched, width, cells), **data}
 
 
 def _fingerprint(config: RetrainConfig, space: str, kwargs: dict[str, Any], arch: dict[str, Any],

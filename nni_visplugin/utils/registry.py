@@ -22,7 +22,10 @@ _logger = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
-__all__ = ["Registry", "SPACES", "STRATEGIES", "register_space", "register_strategy"]
+__all__ = ["Registry", "SPACES", "STRATEGIES", "register_space", "register_strategy", "DATA_KWARGS"]
+
+# The keyword arguments every space takes from the data (never from a setting).
+DATA_KWARGS = ("in_channels", "image_size", "num_classes")
 
 
 class Registry:
