@@ -167,7 +167,7 @@ def test_shipped_pipeline_config_is_valid(tmp_path):
     assert check_experiment(exp) == []
 
 
-def test_shipped_pipeline_config_leaves_the_device_to_auto():
+def test_shipped_pipeline_config_runs_on_whatever_device_there_is():
     """RESULTS.md's GPU run is the same file with another --out: no device setting may pin the CPU."""
     from nni_visplugin.hpo.check import check_experiment
 
