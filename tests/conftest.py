@@ -12,90 +12,13 @@ only those tests skip, naming it. Under CI (``CI=true``) a missing one stops the
 
 from __future__ import annotations
 
-import functools
-import json
 import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
-FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
-DRIVER = Path(__file__).with_name("nni_driver.py")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@functools.lru_cache(maxsize=None)
-def _netns_available() -> bool:
-    try:
-        return subprocess.run(["unshare", "-n", "ip", "link", "set", "lo", "up"], capture_output=True,
-                              timeout=10).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-
-
-def _require_netns() -> None:
-    """NNI's manager listens on every interface: it runs in a private network namespace or not at all."""
-    if not _netns_available():
-        pytest.skip("needs a private network namespace (unshare -n and ip): apt-get install iproute2 util-linux")
-
-
-def run_experiment(tmp_path: Path, config: dict, timeout: float = 400, browse_dir: Path | None = None,
-                   kill_after: int = 0, env: dict[str, str] | None = None) -> dict:
-    """Run ``config`` with the real nnictl and NNI manager; returns what the manager reported.
-
-    The experiment gets its own working directory and HOME (NNI keeps a manifest of experiments in
-    ``~/nni-experiments``) under ``tmp_path``, a free port, and a
-    private network namespace (the test skips without one), since NNI's manager cannot be told to listen on loopback only.
-    """
-    import yaml
-
-    home = tmp_path / "home"
-    home.mkdir(exist_ok=True)
-    config = {"experimentWorkingDirectory": str(tmp_path / "nni"), **config}
-    config_path = tmp_path / "experiment.yml"
-    config_path.write_text(yaml.safe_dump(config))
-    out = tmp_path / "driver.json"
-    env = {**os.environ, **(env or {}), "HOME": str(home),
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    cmd = [sys.executable, str(DRIVER), str(config_path), str(free_port()), str(out), str(timeout)]
-    if browse_dir is not None:
-        cmd.append(str(browse_dir))
-    if kill_after:
-        env["NNI_DRIVER_KILL_AFTER"] = str(kill_after)  # crash everything after that many trials, then resume
-    _require_netns()
-    cmd = ["unshare", "-n"] + cmd
-    env["NNI_DRIVER_NETNS"] = "1"
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout + 240, cwd=REPO)
-    assert proc.returncode == 0, f"driver failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return json.loads(out.read_text())
-
-
-def run_in_netns(cmd: list[str], tmp_path: Path, timeout: float, env: dict[str, str] | None = None,
-                 interpreter_on_path: bool = True) -> subprocess.CompletedProcess:
-    """Run ``cmd`` (which starts NNI managers) with HOME under ``tmp_path`` and in a private network
-    namespace whose only interface is loopback. With
-    ``interpreter_on_path=False`` the test interpreter's directory is taken off PATH, as for a user
-    who did not activate the virtual environment."""
-    home = tmp_path / "home"
-    home.mkdir(exist_ok=True)
-    bin_dir = str(Path(sys.executable).parent)
-    path = [p for p in os.environ["PATH"].split(os.pathsep) if p != bin_dir]
-    if interpreter_on_path:
-        path.insert(0, bin_dir)
-    env = {**os.environ, **(env or {}), "HOME": str(home), "PATH": os.pathsep.join(path)}
-    _require_netns()
-    cmd = ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", *cmd]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+from helpers.nni import FASHION_MNIST_DIR, netns_available, run_experiment, shipped_config, tiny_config
 
 
 @pytest.fixture(scope="session")
@@ -104,11 +27,9 @@ def darts_experiment(tmp_path_factory):
     where Chromium is installed its web UI is browsed (and clicked through) before it is stopped."""
     import shutil
 
-    from test_nni_integration import _shipped_config, _tiny
-
     tmp = tmp_path_factory.mktemp("nni")
     browse = tmp / "browse" if (shutil.which("chromium") or shutil.which("chromium-browser")) else None
-    report = run_experiment(tmp, _tiny(_shipped_config(), trials=4), timeout=420, browse_dir=browse)
+    report = run_experiment(tmp, tiny_config(shipped_config(), trials=4), timeout=420, browse_dir=browse)
     report["browse_dir"] = str(browse) if browse else None
     return report
 
@@ -157,7 +78,7 @@ SYSTEM_NEEDS = {
                                                         "test_pipeline::test_shipped", "test_pipeline::test_gpu",
                                                         "test_pipeline::test_check_reads")),
     # A private network namespace for every NNI manager, whose REST server listens on every interface.
-    "iproute2": (_netns_available, ("test_nni_integration", "test_faults", "test_outer_loop", "test_webui",
+    "iproute2": (netns_available, ("test_nni_integration", "test_faults", "test_outer_loop", "test_webui",
                                     "test_pipeline::test_pipeline_end_to_end", "test_pipeline::test_seeds_side")),
 }
 

@@ -14,7 +14,7 @@ from nni_visplugin.nas.relax import MixedInput, MixedOp, arch_parameters, channe
 from nni_visplugin.nas.health import alpha_entropy, count_skips, op_alphas
 from nni_visplugin.nas.derive import derive_architecture
 
-from spaces_helpers import tiny_space  # noqa: E402
+from helpers.spaces import tiny_space  # noqa: E402
 
 
 def _supernet(dtype=torch.float64, **settings):
@@ -194,7 +194,7 @@ def test_early_stop_on_skip_connections(tiny_images):
     """With skip_connect the only real operation, every kept edge of the normal cell is a skip (2 nodes
     x 2 inputs): the rule fires at the first epoch where alpha has moved, after the warm-up."""
     from nni_visplugin import create_space
-    from spaces_helpers import tiny_kwargs
+    from helpers.spaces import tiny_kwargs
 
     x, y = tiny_images
     space = create_space("darts_cell", **tiny_kwargs("darts_cell"), primitives=["none", "skip_connect"])

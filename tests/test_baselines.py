@@ -10,8 +10,8 @@ from nni_visplugin.nas.fixed import validate_arch
 from nni_visplugin.stages import baselines
 from nni_visplugin.utils.errors import ConfigError
 from nni_visplugin.spaces.darts_cell import PRIMITIVES
-from retrain_helpers import fake_search_dir  # noqa: E402  (tests/retrain_helpers.py)
-from spaces_helpers import tiny_kwargs  # noqa: E402  (tests/spaces_helpers.py)
+from helpers.retrain import fake_search_dir  # noqa: E402  (tests/retrain_helpers.py)
+from helpers.spaces import tiny_kwargs  # noqa: E402  (tests/spaces_helpers.py)
 
 
 DENSE = ["none", "max_pool_3x3", "skip_connect", "sep_conv_3x3", "conv_3x3", "conv_1x1"]

@@ -7,7 +7,7 @@ import sys
 import pytest
 import yaml
 
-from conftest import FASHION_MNIST_DIR, REPO
+from helpers.nni import FASHION_MNIST_DIR, REPO
 
 from nni_visplugin.hpo.check import check_experiment
 
@@ -210,7 +210,7 @@ def test_malformed_yaml_names_the_line(tmp_path):
 def test_latency_table_of_another_space(tmp_path):
     from nni_visplugin.nas.latency import load_or_measure
 
-    from spaces_helpers import tiny_kwargs
+    from helpers.spaces import tiny_kwargs
 
     table = tmp_path / "t.json"
     load_or_measure(table, "seed_cells", tiny_kwargs("seed_cells"), "cpu", 1)

@@ -14,7 +14,7 @@ from nni_visplugin import create_strategy
 from nni_visplugin.utils.checkpoints import CheckpointError, SearchCheckpoints
 from nni_visplugin.data.loader import TensorLoader
 
-from spaces_helpers import tiny_space
+from helpers.spaces import tiny_space
 
 
 class Interrupt(Exception):

@@ -10,7 +10,7 @@ from nni_visplugin import create_strategy, list_spaces, list_strategies
 from nni_visplugin.data.loader import TensorLoader
 from nni_visplugin.nas.fixed import build_fixed_model, validate_arch
 
-from spaces_helpers import tiny_kwargs, tiny_space
+from helpers.spaces import tiny_kwargs, tiny_space
 
 
 def _has_choices(model: torch.nn.Module) -> bool:

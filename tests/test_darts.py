@@ -15,7 +15,7 @@ from nni_visplugin.nas.strategies.base import split_params
 from nni_visplugin.nas.relax import MixedInput, MixedOp, arch_parameters
 from nni_visplugin.nas.derive import derive_architecture
 
-from spaces_helpers import tiny_space  # noqa: E402  (tests/spaces_helpers.py)
+from helpers.spaces import tiny_space  # noqa: E402  (tests/spaces_helpers.py)
 
 
 def _tiny_supernet(space_name: str = "seed_cells", dtype=torch.float64):

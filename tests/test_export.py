@@ -17,7 +17,7 @@ from nni_visplugin.stages.export import ExportError, export_model
 from nni_visplugin.config.retrain import RetrainConfig
 from nni_visplugin.stages.retrain import retrain
 
-from retrain_helpers import fake_search_dir
+from helpers.retrain import fake_search_dir
 
 ort = pytest.importorskip("onnxruntime", reason="pip install 'nni-visplugin[export]'")
 CLI = [sys.executable, "-m", "nni_visplugin.cli"]

@@ -22,7 +22,7 @@ from nni_visplugin.nas.strategies.base import split_params
 from nni_visplugin.nas.relax import arch_parameters
 from nni_visplugin.nas.training import train_from_scratch
 
-from spaces_helpers import tiny_space  # noqa: E402
+from helpers.spaces import tiny_space  # noqa: E402
 
 CASES = [  # kernel, dilation, stride
     (5, 1, 1), (3, 2, 1), (5, 2, 1), (7, 1, 1), ((3, 5), (2, 1), 1), ((5, 3), (1, 2), 1),

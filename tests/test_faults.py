@@ -8,9 +8,9 @@ from pathlib import Path
 import optuna
 import pytest
 
-from conftest import REPO, run_experiment
+from helpers.nni import run_experiment
 
-from test_nni_integration import _shipped_config, _tiny
+from helpers.nni import shipped_config, tiny_config
 
 
 def _study(report):
@@ -19,7 +19,7 @@ def _study(report):
 
 
 def test_nan_search_fails_the_trial_and_is_told_to_optuna_as_failed(tmp_path):
-    config = _tiny(_shipped_config(), trials=2)
+    config = tiny_config(shipped_config(), trials=2)
     # A weight learning rate this large turns the loss into inf/NaN within the first steps.
     config["searchSpace"] = {**config["searchSpace"], "weight_lr": {"_type": "choice", "_value": [1e30]}}
     report = run_experiment(tmp_path, config, timeout=300)
@@ -37,7 +37,7 @@ def test_nan_search_fails_the_trial_and_is_told_to_optuna_as_failed(tmp_path):
 
 
 def test_four_concurrent_trials_out_of_eight(tmp_path):
-    config = _tiny(_shipped_config(), trials=8)  # two waves of four
+    config = tiny_config(shipped_config(), trials=8)  # two waves of four
     config["trialConcurrency"] = 4
     config["maxExperimentDuration"] = "12m"
     config["searchSpace"] = {**config["searchSpace"], "epochs": {"_type": "choice", "_value": [1]}}
@@ -66,7 +66,7 @@ def test_crash_and_nnictl_resume_lose_nothing(tmp_path):
     """SIGKILL the manager, dispatcher and trials once 2 trials have succeeded and others run, then
     `nnictl resume`: finished trials stay in the study exactly once, the trials the crash left
     running are closed as FAIL, and the experiment goes on to DONE."""
-    config = _tiny(_shipped_config(), trials=6)
+    config = tiny_config(shipped_config(), trials=6)
     config["searchSpace"] = {**config["searchSpace"], "epochs": {"_type": "choice", "_value": [3]}}
     report = run_experiment(tmp_path, config, timeout=500, kill_after=2)
     assert report["status"] == "DONE", {k: report.get(k) for k in ("status", "errors", "resume_output")}

@@ -10,19 +10,15 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO, run_experiment
+from helpers.nni import REPO, run_experiment, shipped_config
 
 import nni_visplugin
 from nni_visplugin.config.search import SearchConfig
 from nni_visplugin.tuners import OptunaTuner
 
 
-def _shipped_config() -> dict:
-    return yaml.safe_load((REPO / "experiments" / "darts.yml").read_text())
-
-
 def test_shipped_darts_config_is_valid():
-    config = _shipped_config()
+    config = shipped_config()
     assert config["tuner"]["className"] == "nni_visplugin.tuners.OptunaTuner"
     tuned = set(config["searchSpace"])
     assert {"arch_lr", "weight_lr", "weight_decay", "epochs"} <= tuned
@@ -38,23 +34,6 @@ def _decode(metric: dict):
     """A metric record's value: NNI stores dict results JSON-encoded twice."""
     data = json.loads(metric["data"])
     return json.loads(data) if isinstance(data, str) else data
-
-
-def _tiny(config: dict, trials: int) -> dict:
-    """The shipped experiment, shrunk: fewer and shorter trials on a smaller supernet."""
-    config = dict(config)
-    config["maxTrialNumber"] = trials
-    config["maxExperimentDuration"] = "8m"
-    config["trialCodeDirectory"] = str(REPO / "experiments")
-    config["tuner"] = {**config["tuner"], "codeDirectory": str(REPO / "experiments")}
-    if "assessor" in config:  # kept: with at most 2 epochs it judges but never stops a trial (warm-up)
-        config["assessor"] = {**config["assessor"], "codeDirectory": str(REPO / "experiments")}
-    config["searchSpace"] = {**config["searchSpace"], "epochs": {"_type": "choice", "_value": [1, 2]}}
-    config["trialCommand"] = (config["trialCommand"].replace("space.width=8", "space.width=4")
-                              .replace("space.num_cells=5", "space.num_cells=2")
-                              .replace("final_epochs=15", "final_epochs=1")
-                              + " --set max_train_samples=300")
-    return config
 
 
 @pytest.fixture(scope="module")

@@ -15,9 +15,9 @@ from pathlib import Path
 import optuna
 import pytest
 
-from conftest import REPO, run_experiment
+from helpers.nni import REPO, run_experiment
 
-TOYS = REPO / "tests" / "nni_toys"
+TOYS = REPO / "tests" / "helpers" / "nni_toys"
 
 
 def _toy_config(trials: int, concurrency: int = 1, tuner_args: dict | None = None, assessor: dict | None = None,
@@ -164,12 +164,12 @@ def test_multi_objective_experiment_and_its_pareto_front(toy_runs, tmp_path):
 
 @pytest.fixture
 def postgres():
-    import pg_server
+    from helpers import pg_server
 
     why_not = pg_server.available()
     if why_not:
         pytest.skip(f"PostgreSQL test server unavailable: {why_not}")
-    from conftest import free_port
+    from helpers.nni import free_port
 
     server = pg_server.PostgresServer(free_port()).start()
     yield server

@@ -11,7 +11,7 @@ from nni_visplugin.nas.strategies.darts import DartsConfig, DartsStrategy
 from nni_visplugin.nas.relax import MixedInput, MixedOp, arch_parameters
 from nni_visplugin.nas.derive import derive_architecture, select_inputs_by_perturbation, select_ops_by_perturbation
 
-from spaces_helpers import tiny_kwargs  # noqa: E402
+from helpers.spaces import tiny_kwargs  # noqa: E402
 
 
 def _supernet(edge_norm: bool):

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, free_port, run_in_netns
-from nni_driver import _kill_leftovers
+from helpers.nni import REPO, free_port, run_in_netns
+from helpers.nni_driver import kill_leftovers
 
 from nni_visplugin.utils.errors import ConfigError
 from nni_visplugin.config.pipeline import PipelineConfig
@@ -44,7 +44,7 @@ def test_pipeline_end_to_end_and_resume(tmp_path):
         # environment: the trials' `python` must still be the one that has nni_visplugin.
         first = run_in_netns(cmd, tmp_path, timeout=900, interpreter_on_path=False)
     finally:
-        _kill_leftovers(tmp_path / "run" / "nni", None)
+        kill_leftovers(tmp_path / "run" / "nni", None)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     out = tmp_path / "run"
     result = json.loads((out / "pipeline.json").read_text())
@@ -97,7 +97,7 @@ def test_pipeline_end_to_end_and_resume(tmp_path):
 def test_seeds_side_by_side_match_one_after_another(tmp_path):
     """Seeds retrained in worker processes (jobs=2) give exactly what the same seeds give one after
     the other in this process: same weights' accuracy, same curve; a finished seed is not redone."""
-    from retrain_helpers import fake_search_dir
+    from helpers.retrain import fake_search_dir
 
     from nni_visplugin.stages.pipeline import retrain_seeds
 

@@ -9,7 +9,7 @@ from nni.nas.nn.pytorch import LayerChoice
 from nni_visplugin import create_space, create_strategy
 from nni_visplugin.data.loader import TensorLoader
 from nni_visplugin.nas.fixed import build_fixed_model
-from spaces_helpers import tiny_kwargs  # noqa: E402  (tests/spaces_helpers.py)
+from helpers.spaces import tiny_kwargs  # noqa: E402  (tests/spaces_helpers.py)
 
 PAPER = ["none", "max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3", "sep_conv_5x5",
          "dil_conv_3x3", "dil_conv_5x5"]

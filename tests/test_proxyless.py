@@ -15,7 +15,7 @@ from nni_visplugin.nas.fixed import build_fixed_model
 from nni_visplugin.nas.strategies.base import split_params
 from nni_visplugin.nas.strategies.proxyless import BinaryGateOp, ProxylessStrategy, _Sampler
 
-from spaces_helpers import tiny_kwargs, tiny_space
+from helpers.spaces import tiny_kwargs, tiny_space
 
 
 def _supernet(space="proxyless_mobile", **cfg):

@@ -23,7 +23,7 @@ from nni_visplugin.nas.fixed import count_flops
 from nni_visplugin.stages.retrain import retrain
 from nni_visplugin.nas.training import evaluate, train_from_scratch
 
-from retrain_helpers import fake_search_dir
+from helpers.retrain import fake_search_dir
 
 CLI = [sys.executable, "-m", "nni_visplugin.cli"]
 # Small enough for seconds on a shared 2-core CPU: 100 training images plus the 287 of validation.

@@ -14,7 +14,7 @@ import pytest
 
 from pathlib import Path
 
-from conftest import REPO
+from helpers.nni import REPO
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (apt-get install chromium)")

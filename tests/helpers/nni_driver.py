@@ -26,10 +26,7 @@ from pathlib import Path
 import psutil
 import yaml
 
-
-def _get(port: int, path: str):
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/nni/{path}", timeout=10) as r:
-        return json.loads(r.read())
+from nni_visplugin.hpo.experiment import nni_rest
 
 
 def _web_logs(port: int) -> dict:
@@ -44,7 +41,7 @@ def _web_logs(port: int) -> dict:
     return logs
 
 
-def _kill_leftovers(exp_dir: Path, manager_pid: int | None) -> list[int]:
+def kill_leftovers(exp_dir: Path, manager_pid: int | None) -> list[int]:
     """SIGKILL every process of this experiment that survived ``nnictl stop``."""
     killed = []
     needle = str(exp_dir)
@@ -99,7 +96,7 @@ def _kill_and_resume(port: int, exp_id: str, work_dir: Path, nnictl: str, after:
     ``nnictl resume`` the experiment on the same port."""
     deadline = time.time() + 300
     while time.time() < deadline:
-        trials = _get(port, "trial-jobs")
+        trials = nni_rest(port, "trial-jobs")
         done = [t for t in trials if t["status"] == "SUCCEEDED"]
         running = [t for t in trials if t["status"] == "RUNNING"]
         if len(done) >= after and running:
@@ -108,8 +105,8 @@ def _kill_and_resume(port: int, exp_id: str, work_dir: Path, nnictl: str, after:
     else:
         raise RuntimeError("the experiment never reached the state to interrupt")
     entries = json.loads((Path(os.environ["HOME"]) / "nni-experiments" / ".experiment").read_text())
-    report["killed_at"] = _get(port, "trial-jobs")
-    report["killed_pids"] = _kill_leftovers(work_dir, entries[exp_id]["pid"])
+    report["killed_at"] = nni_rest(port, "trial-jobs")
+    report["killed_pids"] = kill_leftovers(work_dir, entries[exp_id]["pid"])
     time.sleep(2)
     resumed = subprocess.run([nnictl, "resume", exp_id, "--port", str(port), "--experiment_dir", str(work_dir)],
                              capture_output=True, text=True, timeout=120)
@@ -139,7 +136,7 @@ def main() -> int:
         if kill_after:
             for _ in range(60):
                 try:
-                    exp_id = _get(port, "experiment")["id"]
+                    exp_id = nni_rest(port, "experiment")["id"]
                     break
                 except OSError:
                     time.sleep(1)
@@ -147,7 +144,7 @@ def main() -> int:
         deadline = time.time() + timeout
         while time.time() < deadline:
             try:
-                status = _get(port, "check-status")
+                status = nni_rest(port, "check-status")
             except OSError:
                 time.sleep(1)
                 continue
@@ -158,10 +155,10 @@ def main() -> int:
             time.sleep(2)
         else:
             report["timed_out"] = True
-        report["experiment"] = _get(port, "experiment")
+        report["experiment"] = nni_rest(port, "experiment")
         exp_id = report["experiment"].get("id")
-        report["trials"] = _get(port, "trial-jobs")
-        report["metrics"] = _get(port, "metric-data")
+        report["trials"] = nni_rest(port, "trial-jobs")
+        report["metrics"] = nni_rest(port, "metric-data")
         if report["status"] == "ERROR":
             report["web_logs"] = _web_logs(port)
             shown = subprocess.run([nnictl, "log", "stderr", exp_id], capture_output=True, text=True, timeout=60)
@@ -180,7 +177,7 @@ def main() -> int:
             subprocess.run([nnictl, "stop", exp_id], capture_output=True, timeout=60)
         report["experiment_id"] = exp_id
         report["experiment_dir"] = str(work_dir / exp_id) if exp_id else None
-        report["killed_after_stop"] = _kill_leftovers(work_dir, manager_pid)
+        report["killed_after_stop"] = kill_leftovers(work_dir, manager_pid)
         out_path.write_text(json.dumps(report, indent=1))
     return 0
 

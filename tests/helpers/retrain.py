@@ -8,7 +8,7 @@ import numpy as np
 
 from nni_visplugin.utils.registry import SPACES
 
-from spaces_helpers import tiny_kwargs
+from helpers.spaces import tiny_kwargs
 
 
 def fake_search_dir(directory: Path, space: str = "darts_cell", in_channels: int = 1, seed: int = 0) -> Path:
