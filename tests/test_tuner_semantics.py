@@ -11,12 +11,15 @@ definition, not from the tuner's code.
 """
 from __future__ import annotations
 
+import json
 import math
+import random
 import statistics
 from collections import Counter
 
 import pytest
 
+from nni_visplugin.hpo.space import compile_space
 from nni_visplugin.tuners import OptunaTuner, SearchSpaceError
 
 N = 2000
@@ -198,7 +201,7 @@ def test_bounds_and_quantisation_hold_under_tpe_too():
 
 
 @pytest.mark.parametrize("spec, message", [
-    ({"_type": "randint", "_value": [0, 0]}, "randint needs lower < upper"),  # [0, 0) is empty
+    ({"_type": "randint", "_value": [0, 0]}, r"randint needs lower < upper \(upper is excluded\)"),  # [0, 0) is empty
     ({"_type": "randint", "_value": [5, 2]}, "randint needs lower < upper"),
     ({"_type": "uniform", "_value": [2.0, 1.0]}, "uniform needs low <= high"),
     ({"_type": "quniform", "_value": [3, 1, 1]}, "quniform needs low <= high"),
@@ -220,3 +223,185 @@ def test_a_refused_parameter_inside_a_nested_choice_is_named_by_its_path():
     with pytest.raises(SearchSpaceError, match="'opt/sgd/lr'") as err:
         OptunaTuner().update_search_space(space)
     assert "\n" not in str(err.value)
+
+
+def test_the_q_types_yield_floats_even_for_integer_arguments():
+    # NNI turns q and the bounds into floats, so round(x / q) * q is a float: 3.0, never 3
+    for spec in ({"_type": "quniform", "_value": [0, 10, 1]}, {"_type": "qloguniform", "_value": [1, 100, 1]},
+                 {"_type": "qnormal", "_value": [0, 10, 4]}, {"_type": "qlognormal", "_value": [0, 1, 1]},
+                 {"_type": "quniform", "_value": [3, 3, 2]}):
+        assert {type(v) for v in _draws(spec, n=50)} == {float}, spec
+
+
+def test_choice_values_equal_under_eq_stay_apart_in_the_study():
+    """1, 1.0 and True are three options (NNI picks one by index); what the study records must tell
+    them apart, or a resumed study and TPE would see 1 where the trial got True."""
+    tuner = OptunaTuner(sampler="random", seed=0)
+    tuner.update_search_space({"c": {"_type": "choice", "_value": [1, 1.0, True]}})
+    for i in range(60):
+        tuner.receive_trial_result(i, tuner.generate_parameters(i), 0.5)
+    drawn = {}
+    for t in tuner.study.get_trials():
+        got = json.loads(t.user_attrs["nni_params"])["c"]
+        drawn.setdefault(repr(t.params["c"]), set()).add(repr(got))
+    assert set().union(*drawn.values()) == {"1", "1.0", "True"}
+    assert all(len(got) == 1 for got in drawn.values())  # one recorded value per drawn option
+
+
+# NNI's own tuner tests (test/ut/sdk/test_builtin_tuners.py with assets/search_space.json) run every
+# built-in tuner over these spaces, one at a time and all together, reporting a random result for
+# each trial. The same cases are run here; only the names with "fail" must be refused.
+NNI_CASES = {
+    "choice_str": {"_type": "choice", "_value": ["cat", "dog", "elephant", "cow", "sheep", "panda"]},
+    "choice_int": {"_type": "choice", "_value": [42, 43, -1]},
+    "choice_mixed": {"_type": "choice", "_value": [0.3, "cat", 1, None]},
+    "choice_float": {"_type": "choice", "_value": [0.3, 1, 2.0]},
+    "choice_single": {"_type": "choice", "_value": [1]},
+    "randint_ok": {"_type": "randint", "_value": [-2, 3]},
+    "randint_single": {"_type": "randint", "_value": [10, 11]},
+    "randint_fail_equal": {"_type": "randint", "_value": [0, 0]},
+    "uniform_ok": {"_type": "uniform", "_value": [-1.0, 1.5]},
+    "uniform_equal": {"_type": "uniform", "_value": [99.9, 99.9]},
+    "quniform_ok": {"_type": "quniform", "_value": [0.0, 10.0, 2.5]},
+    "quniform_clip": {"_type": "quniform", "_value": [2.0, 10.0, 5.0]},
+    "quniform_clip_2": {"_type": "quniform", "_value": [-5.5, -0.5, 6]},
+    "loguniform_ok": {"_type": "loguniform", "_value": [0.001, 100]},
+    "loguniform_equal": {"_type": "loguniform", "_value": [1, 1]},
+    "qloguniform_ok": {"_type": "qloguniform", "_value": [0.001, 100, 1]},
+    "qloguniform_equal": {"_type": "qloguniform", "_value": [2, 2, 1]},
+    "normal_ok": {"_type": "normal", "_value": [-1.0, 5.0]},
+    "qnormal_ok": {"_type": "qnormal", "_value": [-1.5, 5.0, 0.1]},
+    "lognormal_ok": {"_type": "lognormal", "_value": [-1.0, 5.0]},
+    "qlognormal_ok": {"_type": "qlognormal", "_value": [-1.5, 5.0, 0.1]},
+}
+# The values each case can take, worked out from the definitions: quniform [2, 10, 5] rounds to
+# 0, 5 or 10 and clips 0 up to 2; quniform [-5.5, -0.5, 6] rounds to -6 or 0, clipped to the bounds.
+NNI_CASE_VALUES = {
+    "randint_ok": {-2, -1, 0, 1, 2}, "randint_single": {10}, "uniform_equal": {99.9},
+    "quniform_ok": {0.0, 2.5, 5.0, 7.5, 10.0}, "quniform_clip": {2.0, 5.0, 10.0}, "quniform_clip_2": {-5.5, -0.5},
+    "loguniform_equal": {1.0}, "qloguniform_equal": {2.0},
+}
+
+
+def _fits_nni_case(name, v):
+    t, args = NNI_CASES[name]["_type"], NNI_CASES[name]["_value"]
+    if t == "choice":
+        return repr(v) in {repr(a) for a in args}
+    if name in NNI_CASE_VALUES and v not in NNI_CASE_VALUES[name]:
+        return False
+    if t == "randint":
+        return type(v) is int and args[0] <= v < args[1]
+    if type(v) is not float or not math.isfinite(v):
+        return False
+    if t.endswith("uniform") and not args[0] <= v <= args[1]:
+        return False
+    if t.startswith("q") and v not in args[:2] and not _multiple(v, args[2]):
+        return False
+    return (v > 0 if t in ("loguniform", "qloguniform", "lognormal") else
+            v >= 0 if t == "qlognormal" else True)  # round(exp(x) / q) * q is 0 below q / 2
+
+
+def _run_like_nni(space, sampler, rounds=2, per_round=25):
+    tuner = OptunaTuner(sampler=sampler, seed=7)
+    tuner.update_search_space(space)
+    rng = random.Random(0)
+    for r in range(rounds):
+        batch = {pid: tuner.generate_parameters(pid) for pid in range(r * per_round, (r + 1) * per_round)}
+        for pid, params in batch.items():
+            assert set(params) == set(space)
+            bad = {k: v for k, v in params.items() if not _fits_nni_case(k, v)}
+            assert not bad, bad
+            tuner.receive_trial_result(pid, params, rng.uniform(-100, 100))
+            tuner.trial_end(pid, True)
+
+
+@pytest.mark.parametrize("sampler", ["random", "tpe"])
+@pytest.mark.parametrize("name", sorted(NNI_CASES))
+def test_nni_builtin_tuner_cases_one_at_a_time(name, sampler):
+    if "fail" in name:
+        with pytest.raises(SearchSpaceError, match=repr(name)):
+            OptunaTuner(sampler=sampler).update_search_space({name: NNI_CASES[name]})
+    else:
+        _run_like_nni({name: NNI_CASES[name]}, sampler)
+
+
+@pytest.mark.parametrize("sampler", ["random", "tpe"])
+def test_nni_builtin_tuner_cases_all_together(sampler):
+    _run_like_nni({k: s for k, s in NNI_CASES.items() if "fail" not in k}, sampler, rounds=3, per_round=20)
+
+
+@pytest.mark.parametrize("spec, internal, expected", [
+    # NNI's test_hpo_formatting, worked by hand: (spec, NNI's internal draw x, value NNI sends)
+    ({"_type": "quniform", "_value": [100, 1000, 3]}, 100.1, 100.0),  # round(33.37) * 3 = 99, clipped to 100
+    ({"_type": "qnormal", "_value": [500, 200, 3]}, 100.1, 99.0),  # not clipped
+    ({"_type": "qloguniform", "_value": [16.0, 128.0, 0.725]}, 4.0, 54.375),  # exp(4) / 0.725 = 75.3 -> 75
+    ({"_type": "qlognormal", "_value": [3.5, 1.2, 0.725]}, 4.0, 54.375),
+    ({"_type": "lognormal", "_value": [-6, 3]}, -4.6, math.exp(-4.6)),
+    ({"_type": "normal", "_value": [0.7, 0.2]}, 0.7, 0.7),
+    ({"_type": "uniform", "_value": [0.5, 0.9]}, 0.7, 0.7),
+    ({"_type": "loguniform", "_value": [0.0001, 0.1]}, -4.6, math.exp(-4.6)),
+])
+def test_a_draw_becomes_the_value_nni_would_send(spec, internal, expected):
+    """NNI draws x (the log for the log types, N(mu, sigma) for the normal ones) and turns it into the
+    trial's value; the study's parameter for the same draw must turn into the same value. The study
+    keeps uniform types on their own scale and the normal ones as the quantile of x."""
+    t, args = spec["_type"], spec["_value"]
+    if "normal" in t:
+        raw = _phi((internal - args[0]) / args[1])
+    else:
+        raw = math.exp(internal) if "log" in t else internal
+    (param,) = compile_space({"x": spec})
+    assert param.to_value(raw) == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.parametrize("space", [
+    "x",
+    {"x": [1, 2, 3]},
+    {"x": {"type": "choice", "value": ["a", "b"]}},
+    {"x": {"_type": "choic", "_value": ["a"]}},
+    {"x": {"_type": "choice", "_value": "ab"}},
+    {"x": {"_type": "randint", "_value": [1, 2, 3]}},
+    {"x": {"_type": "quniform", "_value": [0]}},
+    {"x": {"_type": "uniform", "_value": ["0.1", "0.2"]}},
+    {"x": {"_type": "quniform", "_value": [2, 1, 0.1]}},
+    {"x": {"_type": "loguniform", "_value": [0, 1]}},
+    {"x": {"_type": "normal", "_value": [0, 0]}},
+])
+def test_spaces_nni_validation_rejects_are_refused_in_one_line(space):
+    # the bad spaces of NNI's test_hpo_validation
+    with pytest.raises(SearchSpaceError) as err:
+        OptunaTuner().update_search_space(space)
+    message = str(err.value)
+    assert "\n" not in message and ("'x'" in message or "JSON object" in message)
+
+
+def test_spaces_nni_validation_accepts_are_accepted():
+    # the good spaces of NNI's test_hpo_validation, the nested one with an option that has no sub-space
+    good = {
+        "choice": {"_type": "choice", "_value": ["a", "b"]},
+        "randint": {"_type": "randint", "_value": [1, 10]},
+        "uniform": {"_type": "uniform", "_value": [0, 1.0]},
+        "quniform": {"_type": "quniform", "_value": [1, 10, 0.1]},
+        "loguniform": {"_type": "loguniform", "_value": [0.001, 0.1]},
+        "qloguniform": {"_type": "qloguniform", "_value": [0.001, 0.1, 0.001]},
+        "normal": {"_type": "normal", "_value": [0, 0.1]},
+        "qnormal": {"_type": "qnormal", "_value": [0.5, 0.1, 0.1]},
+        "lognormal": {"_type": "lognormal", "_value": [0.0, 1]},
+        "qlognormal": {"_type": "qlognormal", "_value": [-1, 1, 0.1]},
+        "outer": {"_type": "choice", "_value": [
+            {"_name": "empty"}, {"_name": "a", "a_1": {"_type": "choice", "_value": ["a", "b"]}}]},
+    }
+    tuner = OptunaTuner(sampler="random", seed=0)
+    tuner.update_search_space(good)
+    outer = [tuner.generate_parameters(i)["outer"] for i in range(30)]
+    assert {"_name": "empty"} in outer
+    assert all(o == {"_name": "empty"} or (set(o) == {"_name", "a_1"} and o["a_1"] in ("a", "b")) for o in outer)
+
+
+def test_nested_options_with_the_same_name_are_refused():
+    # NNI would accept them, but the trial could not tell which sub-space it got
+    space = {"opt": {"_type": "choice", "_value": [
+        {"_name": "sgd", "lr": {"_type": "uniform", "_value": [0, 1]}},
+        {"_name": "sgd", "lr": {"_type": "choice", "_value": [0.1, 0.2]}}]}}
+    with pytest.raises(SearchSpaceError, match="'opt'.*distinct _name values, got 'sgd' more than once"):
+        OptunaTuner().update_search_space(space)
