@@ -74,7 +74,8 @@ def accepts(f: dataclasses.Field) -> str:
     meta = _meta(f)
     kind, optional = field_kind(f)
     if meta.get("choices"):
-        text = "one of " + ", ".join(str(c) for c in meta["choices"])
+        names = [str(c) for c in meta["choices"]]
+        text = " or ".join(names) if len(names) == 2 else "one of " + ", ".join(names)
     else:
         text = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false",
                 "tuple": "a list", "any": "a value"}[kind]

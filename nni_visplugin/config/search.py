@@ -176,11 +176,22 @@ class SearchConfig:
             raise ConfigError(f"device must be {DEVICES_HELP}, got {self.device!r}")
         if self.dataset in CHANNELS:
             self.check_in_channels(CHANNELS[self.dataset])
+        self._check_space()
         # Build the strategy once so its own validation speaks now, not after the data is loaded.
         try:
             STRATEGIES.create(self.strategy, **self.strategy_kwargs)
         except (TypeError, ValueError) as exc:
             raise ConfigError(str(exc)) from None
+
+    def _check_space(self) -> None:
+        """Build the space once with its settings (at the dataset's channels, a stand-in image size
+        and ten classes): a value the space refuses speaks now, as one line."""
+        accepted = factory_parameters(SPACES.get(self.space))
+        data = {"in_channels": CHANNELS.get(self.dataset, 3), "image_size": 32, "num_classes": 10}
+        try:
+            SPACES.create(self.space, **{**{k: v for k, v in data.items() if k in accepted}, **self.space_kwargs})
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"space {self.space} refuses its settings: {exc}") from None
 
     def check_in_channels(self, channels: int) -> None:
         """Refuse a ``space.in_channels`` setting that differs from the dataset's ``channels``.

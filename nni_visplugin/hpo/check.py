@@ -442,7 +442,7 @@ def _load(path: Path) -> tuple[dict[str, Any] | None, list[str]]:
     try:
         doc = yaml.safe_load(path.read_text())
     except OSError as exc:
-        return None, [f"{path}: cannot read ({exc.strerror})"]
+        return None, [f"cannot read ({exc.strerror})"]
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
