@@ -115,13 +115,13 @@ def test_auxiliary_skip_adds_beta_x_on_shape_preserving_edges_and_decays_linearl
 
     strategy = DartsStrategy(epochs=4, aux_skip=1.0)
     seen = []
-    original = strategy._arch_step
+    original = strategy.arch_step
 
-    def spy(supernet, *args):
-        seen.append(next(m for m in supernet.modules() if isinstance(m, MixedOp)).aux_skip)
-        return original(supernet, *args)
+    def spy(state, *args):
+        seen.append(next(m for m in state.supernet.modules() if isinstance(m, MixedOp)).aux_skip)
+        return original(state, *args)
 
-    strategy._arch_step = spy
+    strategy.arch_step = spy
     x, y = tiny_images
     strategy.search(tiny_space("darts_cell"), TensorLoader(x[:24], y[:24], 24), TensorLoader(x[24:], y[24:], 24))
     assert seen == pytest.approx([1.0, 0.75, 0.5, 0.25])  # beta_t = beta_0 (1 - t / T)
@@ -130,9 +130,8 @@ def test_auxiliary_skip_adds_beta_x_on_shape_preserving_edges_and_decays_linearl
 def test_beta_regularisation_gradient_is_the_gradient_of_its_definition():
     supernet = _supernet(dtype=torch.float64)
     strategy = DartsStrategy(epochs=4, beta_reg=2.0)
-    strategy._epoch = 1
     _, _, alphas = split_params(supernet)
-    grads = strategy._beta_reg_grad(supernet, alphas)
+    grads = strategy.beta_reg_grad(supernet, alphas, epoch=1)
     lam = 2.0 * 2 / 4
     ops = op_alphas(supernet)
 

@@ -71,3 +71,62 @@ def test_unsupported_nni_modules_fail_loudly(strategy):
     space = NNIDarts(width=4, num_cells=3, dataset="cifar")
     with pytest.raises(TypeError, match="do not relax"):
         create_strategy(strategy, epochs=1).build_supernet(space)
+
+
+@pytest.mark.parametrize("strategy", list_strategies())
+def test_mutables_no_hook_converts_fail_loudly(strategy):
+    """NNI's ``no_default_hook`` semantic: a mutable the relaxation leaves unconverted raises."""
+    import nni
+    from nni.nas.nn.pytorch import ModelSpace, MutableLinear
+
+    class Dangling(ModelSpace):
+        def __init__(self):
+            super().__init__()
+            self.op = LayerChoice([torch.nn.Identity(), torch.nn.Identity()], label="op")
+            self.head = MutableLinear(4, nni.choice("width", [2, 3]))
+
+    with pytest.raises(TypeError, match="dangling mutables"):
+        create_strategy(strategy, epochs=1).build_supernet(Dangling())
+
+
+LIGHTNING_FREE_SCRIPT = """
+import sys
+
+import torch
+import torch.nn as nn
+
+import nni_visplugin
+from nni_visplugin.data.loader import TensorLoader
+
+darts, proxyless = (nni_visplugin.create_strategy(name, epochs=1) for name in ("darts", "proxyless"))
+
+from nni.nas.nn.pytorch import LayerChoice, ModelSpace
+
+
+class Tiny(ModelSpace):  # not registered: the proxyless search measures no latency table for it
+    def __init__(self):
+        super().__init__()
+        self.op = LayerChoice([nn.Conv2d(1, 3, 3, padding=1), nn.Conv2d(1, 3, 1)], label="op")
+
+    def forward(self, x):
+        return self.op(x).mean((2, 3))
+
+
+darts_cell = nni_visplugin.create_space("darts_cell", in_channels=1, image_size=8, num_classes=3, width=4,
+                                        num_cells=2, num_nodes=2)
+x, y = torch.randn(8, 1, 8, 8), torch.arange(8) % 3
+for strategy, space in ((darts, darts_cell), (proxyless, Tiny())):
+    outcome = strategy.search(space, TensorLoader(x, y, 4), TensorLoader(x, y, 4), TensorLoader(x, y, 8))
+    assert outcome.arch and outcome.history[-1]["val_accuracy"] >= 0
+print("LOADED", [m for m in ("pytorch_lightning", "lightning") if m in sys.modules])
+"""
+
+
+def test_the_search_path_never_imports_lightning():
+    """NNI's one-shot strategies and evaluators import Lightning; the plugin's search needs none of it."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", LIGHTNING_FREE_SCRIPT], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "LOADED []" in proc.stdout.splitlines()

@@ -12,8 +12,8 @@ from nni_visplugin import create_strategy
 from nni_visplugin.data.loader import TensorLoader
 from nni_visplugin.nas.latency import TableMismatch, load_or_measure, measure_model
 from nni_visplugin.nas.fixed import build_fixed_model
-from nni_visplugin.nas.strategies.base import split_params
-from nni_visplugin.nas.strategies.proxyless import BinaryGateOp, ProxylessStrategy, _Sampler
+from nni_visplugin.nas.strategies.base import BilevelState, split_params
+from nni_visplugin.nas.strategies.proxyless import BinaryGateOp, PathSampler, ProxylessStrategy
 
 from helpers.spaces import tiny_kwargs, tiny_space
 
@@ -39,23 +39,23 @@ def test_only_sampled_paths_run(space):
     strategy, supernet = _supernet(space)
     calls = _count_calls(supernet)
     x = torch.randn(4, 1, 8, 8)
-    ops, inputs = strategy._modules(supernet)
+    ops, inputs = strategy.gated_modules(supernet)
     for mode, per_choice in (("weight", 1), ("arch", 2)):
         calls.clear()
         strategy.resample(supernet, mode)
         supernet(x).sum().backward()
         for label, m in ops.items():
             ran = {k for (lab, k) in calls if lab == label}
-            if not strategy._sampler.edge_active(label):
+            if not strategy.sampler.edge_active(label):
                 assert ran == set(), label  # an edge its node did not draw is never computed
                 continue
-            sample = strategy._sampler.ops[label]
+            sample = strategy.sampler.ops[label]
             expected = {sample} if mode == "weight" else {sample[0], sample[1]}
             assert ran == expected and len(ran) == per_choice, (label, ran, sample)
     if space == "darts_cell":
         # per node, exactly n_chosen of its edges ran
         for label, m in inputs.items():
-            assert len(strategy._sampler.inputs[label]) == m.n_chosen
+            assert len(strategy.sampler.inputs[label]) == m.n_chosen
 
 
 def test_arch_gradient_is_the_papers_binary_gate_estimator():
@@ -64,7 +64,7 @@ def test_arch_gradient_is_the_papers_binary_gate_estimator():
     torch.manual_seed(1)
     ops = [nn.Linear(3, 3) for _ in range(4)]
     alpha = nn.Parameter(torch.randn(4))
-    sampler = _Sampler()
+    sampler = PathSampler()
     gate = BinaryGateOp("c", list(range(4)), ops, alpha, sampler)
     x = torch.randn(5, 3)
     target = torch.randn(5, 3)
@@ -95,13 +95,13 @@ def test_arch_step_keeps_the_sampled_pair_mass_and_leaves_other_paths():
             a.normal_()
     cfg = strategy.config
     a_opt = torch.optim.Adam(alphas, lr=0.1, betas=(cfg.arch_beta1, cfg.arch_beta2))
-    ops, _ = strategy._modules(supernet)
+    ops, _ = strategy.gated_modules(supernet)
     before = {label: m.alpha.detach().clone() for label, m in ops.items()}
     batch = (torch.randn(8, 1, 8, 8), torch.randint(0, 3, (8,)))
-    strategy._arch_step(supernet, nn.CrossEntropyLoss(), names, weights, alphas, None, a_opt, batch, batch, 0.1, "t")
+    strategy.arch_step(BilevelState(supernet, names, weights, alphas, a_opt=a_opt, lr=0.1), batch, batch, "t")
     moved = 0
     for label, m in ops.items():
-        i, j, _ = strategy._sampler.ops[label]
+        i, j, _ = strategy.sampler.ops[label]
         after = m.alpha.detach()
         others = [k for k in range(len(m.names)) if k not in (i, j)]
         assert torch.allclose(after[others], before[label][others])  # unsampled paths unchanged
@@ -183,8 +183,8 @@ def test_predicted_and_measured_latency_are_reported_for_derived_networks(tmp_pa
 def test_expected_latency_is_differentiable_and_pulls_towards_fast_operations(tmp_path):
     strategy, supernet = _supernet(latency_loss="add", latency_lambda=1.0,
                                    latency_table=str(tmp_path / "t.json"))
-    strategy._prepare(tiny_space("proxyless_mobile"), supernet, "cpu")
-    ops, _ = strategy._modules(supernet)
+    strategy.prepare(tiny_space("proxyless_mobile"), supernet, "cpu")
+    ops, _ = strategy.gated_modules(supernet)
     expected = strategy.expected_latency(supernet)
     grads = torch.autograd.grad(expected, [m.alpha for m in ops.values()])
     for (label, m), g in zip(ops.items(), grads):
@@ -199,10 +199,10 @@ def test_expected_latency_is_differentiable_and_pulls_towards_fast_operations(tm
 def test_latency_forms(tmp_path):
     strategy, supernet = _supernet(latency_loss="mul", latency_target_ms=0.5, latency_beta=0.6,
                                    latency_table=str(tmp_path / "t.json"))
-    strategy._prepare(tiny_space("proxyless_mobile"), supernet, "cpu")
+    strategy.prepare(tiny_space("proxyless_mobile"), supernet, "cpu")
     loss = torch.tensor(2.0)
     lat = strategy.expected_latency(supernet).item()
-    assert strategy._latency_term(loss, supernet).item() == pytest.approx(2.0 * (lat / 0.5) ** 0.6, rel=1e-5)
+    assert strategy.latency_term(loss, supernet).item() == pytest.approx(2.0 * (lat / 0.5) ** 0.6, rel=1e-5)
     with pytest.raises(ValueError, match="latency_target_ms"):
         create_strategy("proxyless", latency_loss="mul")
     with pytest.raises(ValueError, match="latency_loss"):

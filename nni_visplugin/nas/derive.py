@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from nni_visplugin.nas.relax import MixedInput, MixedOp, _choices
+from nni_visplugin.nas.relax import MixedInput, MixedOp, mixed_modules
 
 __all__ = ["derive_architecture", "select_inputs_by_perturbation", "select_ops_by_perturbation"]
 
@@ -33,7 +33,7 @@ def derive_architecture(supernet: nn.Module) -> dict[str, Any]:
       multiplied by the node's own weight of the edge under edge normalisation (PC-DARTS, 3.3).
     - Other ``InputChoice``: the ``n_chosen`` largest of its own parameter.
     """
-    ops, inputs = _choices(supernet)
+    ops, inputs = mixed_modules(supernet)
     sample: dict[str, Any] = {label: _best_op(op)[0] for label, op in ops.items()}
     for label, m in inputs.items():
         if m.edge_labels:

@@ -7,14 +7,14 @@ from typing import Any
 import torch.nn as nn
 import torch.nn.functional as F
 
-from nni_visplugin.nas.relax import _choices
+from nni_visplugin.nas.relax import mixed_modules
 
 __all__ = ["op_alphas", "alpha_entropy", "count_skips"]
 
 
 def op_alphas(supernet: nn.Module) -> list[nn.Parameter]:
     """The operation parameters (one per LayerChoice label), without edge-normalisation ones."""
-    ops, _ = _choices(supernet)
+    ops, _ = mixed_modules(supernet)
     return [op.alpha for op in ops.values()]
 
 
@@ -30,7 +30,7 @@ def alpha_entropy(supernet: nn.Module) -> float:
 def count_skips(supernet: nn.Module, arch: dict[str, Any], cell: str = "normal", skip: str = "skip_connect") -> int:
     """Skip connections among the kept edges of the derived ``cell`` cell (all cells if the space
     names none), the quantity DARTS collapses on (DARTS+, Liang et al. 2019)."""
-    ops, inputs = _choices(supernet)
+    ops, inputs = mixed_modules(supernet)
     in_cell = [label for label in ops if label.startswith(f"{cell}/")] or list(ops)
     kept: set[str] = set()
     covered: set[str] = set()

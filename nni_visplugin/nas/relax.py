@@ -1,10 +1,10 @@
 """The continuous relaxation of a model space, and the derivation of a discrete architecture from it.
 
-NNI's ``OneShotStrategy.mutate_model`` walks the space and calls mutation hooks on every module;
-the two hooks here replace each ``LayerChoice`` by a :class:`MixedOp` and each ``InputChoice`` by a
-:class:`MixedInput`. Choices that share a label share one architecture parameter, so a derived
-architecture is consistent wherever the label appears. Anything else mutable is refused by NNI's
-``no_default_hook``, placed last.
+A strategy walks the space as NNI's ``OneShotStrategy.mutate_model`` does and calls mutation hooks
+on every module (:mod:`nni_visplugin.nas.strategies.base`); the two hooks here replace each
+``LayerChoice`` by a :class:`MixedOp` and each ``InputChoice`` by a :class:`MixedInput`. Choices that
+share a label share one architecture parameter, so a derived architecture is consistent wherever
+the label appears. Anything else mutable is refused by the ``no_default_hook`` placed last.
 """
 from __future__ import annotations
 
@@ -20,8 +20,9 @@ import torch.utils.checkpoint
 from nni.nas.nn.pytorch import InputChoice, LayerChoice
 
 __all__ = ["reject_unsupported_hook", "ChoiceModule", "choice_modules", "MixedOp", "MixedInput", "mixed_op_hook",
-           "mixed_input_hook", "arch_parameters", "alpha_snapshot", "is_zero_op", "channel_shuffle",
-           "enable_partial_channels", "enable_edge_normalization", "enable_checkpointing", "set_aux_skip"]
+           "mixed_input_hook", "mixed_modules", "arch_parameters", "alpha_snapshot", "is_zero_op", "channel_shuffle",
+           "scaled_batch_norm", "enable_partial_channels", "enable_edge_normalization", "enable_checkpointing",
+           "set_aux_skip"]
 
 
 def is_zero_op(module: nn.Module) -> bool:
@@ -128,7 +129,7 @@ class MixedOp(ChoiceModule):
                 tail = chain[-1] if chain and _scalable_norm(chain[-1]) else None
                 for m in chain[:-1] if tail is not None else chain:
                     h = m(h)
-                y = _scaled_batch_norm(tail, h, w[i]) if tail is not None else h * w[i]
+                y = scaled_batch_norm(tail, h, w[i]) if tail is not None else h * w[i]
             out = y if out is None else out + y
         return out
 
@@ -174,7 +175,7 @@ def _scalable_norm(m: nn.Module) -> bool:
     return (type(m) is nn.BatchNorm2d and not m.affine and not m._forward_hooks and not m._forward_pre_hooks)
 
 
-def _scaled_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+def scaled_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """``scale * bn(x)`` for an affine-free batch norm, as one batch norm whose weight is ``scale``
     on every channel: the running statistics are updated exactly as ``bn(x)`` updates them."""
     factor = 0.0 if bn.momentum is None else bn.momentum
@@ -261,7 +262,8 @@ def reject_unsupported_hook(module: nn.Module, name: str, memo: dict[str, Any], 
     return None
 
 
-def _choices(supernet: nn.Module) -> tuple[dict[str, MixedOp], dict[str, MixedInput]]:
+def mixed_modules(supernet: nn.Module) -> tuple[dict[str, MixedOp], dict[str, MixedInput]]:
+    """The first :class:`MixedOp` and the first :class:`MixedInput` of every label."""
     ops: dict[str, MixedOp] = {}
     inputs: dict[str, MixedInput] = {}
     for m in supernet.modules():

@@ -23,23 +23,23 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from nni.nas.nn.pytorch import InputChoice, LayerChoice
-from nni.nas.oneshot.pytorch.strategy import no_default_hook
 
+from nni_visplugin.config.fields import setting
 from nni_visplugin.nas.latency import LatencyTable, device_fingerprint, load_or_measure
-from nni_visplugin.nas.relax import ChoiceModule, choice_modules, is_zero_op, reject_unsupported_hook
-from nni_visplugin.nas.strategies.base import OneShotConfig, SearchOutcome
-from nni_visplugin.nas.strategies.darts import DartsStrategy
+from nni_visplugin.nas.relax import ChoiceModule, choice_modules, is_zero_op
+from nni_visplugin.nas.strategies.base import BilevelState, BilevelStrategy, OneShotConfig, SearchOutcome, with_default
 from nni_visplugin.nas.training import check_finite, evaluate
+from nni_visplugin.utils.errors import ConfigError
 from nni_visplugin.utils.files import cache_dir
 from nni_visplugin.utils.registry import SPACES, register_strategy
 
-__all__ = ["ProxylessConfig", "ProxylessStrategy", "BinaryGateOp", "BinaryGateInput"]
+__all__ = ["ProxylessConfig", "ProxylessStrategy", "PathSampler", "BinaryGateOp", "BinaryGateInput"]
 
 _logger = logging.getLogger(__name__)
 
@@ -51,35 +51,28 @@ class ProxylessConfig(OneShotConfig):
     """ProxylessNAS settings; the optimiser defaults follow the paper (Adam with beta1 = 0 for alpha,
     so the update of an unsampled path, whose gradient is zero, is zero)."""
 
-    weight_lr: float = 0.05
-    weight_lr_min: float = 0.0
-    weight_decay: float = 4e-5
-    arch_lr: float = 1e-3
-    arch_weight_decay: float = 0.0
-    arch_beta1: float = 0.0
-    latency_loss: str = "none"
-    latency_lambda: float = 0.1  # 'add': weight of E[latency] in ms
-    latency_target_ms: float = 0.0  # 'mul': the latency budget
-    latency_beta: float = 0.6  # 'mul': exponent
-    latency_table: str = ""  # path; empty: a cache file keyed by space, device and thread count
-    latency_batch_size: int = 1  # the deployment batch size the table is measured at
-    latency_rebuild: str = "auto"  # 'never': use a table measured on another device as it is
+    weight_lr: float = with_default(OneShotConfig, "weight_lr", 0.05)
+    weight_lr_min: float = with_default(OneShotConfig, "weight_lr_min", 0.0)
+    weight_decay: float = with_default(OneShotConfig, "weight_decay", 4e-5)
+    arch_lr: float = with_default(OneShotConfig, "arch_lr", 1e-3)
+    arch_weight_decay: float = with_default(OneShotConfig, "arch_weight_decay", 0.0)
+    arch_beta1: float = with_default(OneShotConfig, "arch_beta1", 0.0)
+    latency_loss: str = setting("none", "latency term of the architecture loss", choices=LATENCY_LOSSES)
+    latency_lambda: float = setting(0.1, "'add': weight of E[latency] in ms", at_least=0)
+    latency_target_ms: float = setting(0.0, "'mul': the latency budget", at_least=0)
+    latency_beta: float = setting(0.6, "'mul': exponent", at_least=0)
+    latency_table: str = setting("", "path; empty: a cache file keyed by space, device and thread count")
+    latency_batch_size: int = setting(1, "the deployment batch size the table is measured at", at_least=1)
+    latency_rebuild: str = setting("auto", "'never': use a table measured on another device as it is",
+                                   choices=("auto", "never"))
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.latency_loss not in LATENCY_LOSSES:
-            raise ValueError(f"latency_loss must be one of {', '.join(LATENCY_LOSSES)}, got {self.latency_loss!r}")
         if self.latency_loss == "mul" and not self.latency_target_ms > 0:
-            raise ValueError("latency_loss 'mul' needs latency_target_ms > 0")
-        if self.latency_lambda < 0 or self.latency_beta < 0 or self.latency_target_ms < 0:
-            raise ValueError("latency_lambda, latency_beta and latency_target_ms must be >= 0")
-        if self.latency_batch_size < 1:
-            raise ValueError(f"latency_batch_size must be >= 1, got {self.latency_batch_size}")
-        if self.latency_rebuild not in ("auto", "never"):
-            raise ValueError(f"latency_rebuild must be 'auto' or 'never', got {self.latency_rebuild!r}")
+            raise ConfigError("latency_loss 'mul' needs latency_target_ms > 0")
 
 
-class _Sampler:
+class PathSampler:
     """The current sample, shared by every gated module (modules with one label share one draw)."""
 
     def __init__(self) -> None:
@@ -94,7 +87,8 @@ class _Sampler:
 
 
 class BinaryGateOp(ChoiceModule):
-    def __init__(self, label: str, names: list, candidates: list[nn.Module], alpha: nn.Parameter, sampler: _Sampler):
+    def __init__(self, label: str, names: list, candidates: list[nn.Module], alpha: nn.Parameter,
+                 sampler: PathSampler):
         super().__init__()
         self.label, self.names, self.alpha = str(label), list(names), alpha
         self.candidates = nn.ModuleList(candidates)
@@ -129,7 +123,7 @@ class BinaryGateOp(ChoiceModule):
 
 class BinaryGateInput(ChoiceModule):
     def __init__(self, label: str, n_candidates: int, n_chosen: int, reduction: str, alpha: nn.Parameter,
-                 sampler: _Sampler):
+                 sampler: PathSampler):
         super().__init__()
         if reduction not in ("sum", "mean"):
             raise TypeError(f"InputChoice {label!r} with reduction={reduction!r} is not supported; use 'sum' or 'mean'")
@@ -155,7 +149,7 @@ def _new_alpha(n: int) -> nn.Parameter:
 
 
 @register_strategy("proxyless")
-class ProxylessStrategy(DartsStrategy):
+class ProxylessStrategy(BilevelStrategy):
     """ProxylessNAS as an NNI ``Strategy``; keyword arguments are the fields of :class:`ProxylessConfig`."""
 
     config_class = ProxylessConfig
@@ -163,32 +157,33 @@ class ProxylessStrategy(DartsStrategy):
 
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
-        self._sampler = _Sampler()
+        self.sampler = PathSampler()
         self._module_cache: tuple[nn.Module, dict, dict] | None = None
         self.latency_table: LatencyTable | None = None
         self._space_name: str | None = None
 
     # ---------------------------------------------------------------- supernet
-    def default_mutation_hooks(self):
-        return [reject_unsupported_hook, self._op_hook, self._input_hook, no_default_hook]
+    def choice_hooks(self):
+        return [self._op_hook, self._input_hook]
 
     def _op_hook(self, module, name, memo, kwargs):
         if not isinstance(module, LayerChoice):
             return None
         names = list(module.names)
         alpha = memo.setdefault(module.label, _new_alpha(len(names)))
-        return BinaryGateOp(module.label, names, [module[n] for n in names], alpha, self._sampler)
+        return BinaryGateOp(module.label, names, [module[n] for n in names], alpha, self.sampler)
 
     def _input_hook(self, module, name, memo, kwargs):
         if not isinstance(module, InputChoice):
             return None
         for j, edge in enumerate(getattr(module, "edge_labels", None) or []):
-            self._sampler.gates[str(edge)] = (str(module.label), j)
+            self.sampler.gates[str(edge)] = (str(module.label), j)
         alpha = memo.setdefault(module.label, _new_alpha(module.n_candidates))
         return BinaryGateInput(module.label, module.n_candidates, module.n_chosen or 1, module.reduction, alpha,
-                               self._sampler)
+                               self.sampler)
 
-    def _modules(self, supernet: nn.Module) -> tuple[dict[str, BinaryGateOp], dict[str, BinaryGateInput]]:
+    def gated_modules(self, supernet: nn.Module) -> tuple[dict[str, BinaryGateOp], dict[str, BinaryGateInput]]:
+        """The first gated module of every label, operations and inputs apart."""
         # Looked up every step: walk the module tree once per supernet, not once per step.
         if self._module_cache is None or self._module_cache[0] is not supernet:
             mods = choice_modules(supernet)
@@ -201,35 +196,36 @@ class ProxylessStrategy(DartsStrategy):
     def _draw_inputs(self, inputs: dict[str, BinaryGateInput]) -> None:
         for label, m in inputs.items():
             p = F.softmax(m.alpha.detach(), -1)
-            self._sampler.inputs[label] = sorted(torch.multinomial(p, m.n_chosen, replacement=False).tolist())
+            self.sampler.inputs[label] = sorted(torch.multinomial(p, m.n_chosen, replacement=False).tolist())
 
     def resample(self, supernet: nn.Module, mode: str) -> None:
         """Draw the paths of the next step (``weight``: one per choice; ``arch``: two, one active)."""
-        ops, inputs = self._modules(supernet)
-        self._sampler.mode = mode
+        ops, inputs = self.gated_modules(supernet)
+        self.sampler.mode = mode
         self._draw_inputs(inputs)
         for label, m in ops.items():
             p = F.softmax(m.alpha.detach(), -1)
             if mode == "weight":
-                self._sampler.ops[label] = int(torch.multinomial(p, 1))
+                self.sampler.ops[label] = int(torch.multinomial(p, 1))
             elif len(m.names) == 1:
-                self._sampler.ops[label] = (0, 0, 0)
+                self.sampler.ops[label] = (0, 0, 0)
             else:
                 i, j = torch.multinomial(p, 2, replacement=False).tolist()
                 active = int(torch.multinomial(p[[i, j]] / p[[i, j]].sum(), 1))
-                self._sampler.ops[label] = (i, j, active)
+                self.sampler.ops[label] = (i, j, active)
 
     def fix(self, arch: dict[str, Any], supernet: nn.Module) -> None:
         """Run the supernet as the discrete architecture ``arch`` (for evaluation)."""
-        ops, inputs = self._modules(supernet)
-        self._sampler.mode = "fixed"
+        ops, inputs = self.gated_modules(supernet)
+        self.sampler.mode = "fixed"
         for label, m in ops.items():
-            self._sampler.ops[label] = m.names.index(arch[label])
+            self.sampler.ops[label] = m.names.index(arch[label])
         for label in inputs:
-            self._sampler.inputs[label] = list(arch[label])
+            self.sampler.inputs[label] = list(arch[label])
 
     # ---------------------------------------------------------------- latency
-    def _prepare(self, model_space: nn.Module, supernet: nn.Module, device) -> None:
+    def prepare(self, model_space: nn.Module, supernet: nn.Module, device) -> None:
+        """Load or measure the latency lookup table of the space on ``device``."""
         cfg = self.config
         try:
             self._space_name = SPACES.name_of(type(model_space))
@@ -253,14 +249,15 @@ class ProxylessStrategy(DartsStrategy):
         return cache_dir() / "latency" / f"{space}-{digest}.json"
 
     def expected_latency(self, supernet: nn.Module) -> torch.Tensor:
-        ops, inputs = self._modules(supernet)
+        ops, inputs = self.gated_modules(supernet)
         probs = {label: F.softmax(m.alpha, -1) for label, m in ops.items()}
         names = {label: m.names for label, m in ops.items()}
         gate_probs = {label: F.softmax(m.alpha, -1) for label, m in inputs.items()}
         n_chosen = {label: m.n_chosen for label, m in inputs.items()}
         return self.latency_table.expected(probs, names, gate_probs, n_chosen)
 
-    def _latency_term(self, loss: torch.Tensor, supernet: nn.Module) -> torch.Tensor:
+    def latency_term(self, loss: torch.Tensor, supernet: nn.Module) -> torch.Tensor:
+        """``loss`` with the configured latency term (section 3.3)."""
         cfg = self.config
         if cfg.latency_loss == "none":
             return loss
@@ -270,35 +267,37 @@ class ProxylessStrategy(DartsStrategy):
         return loss * (latency / cfg.latency_target_ms) ** cfg.latency_beta
 
     # ---------------------------------------------------------------- steps
-    def _arch_step(self, supernet, criterion, names, weights, alphas, w_opt, a_opt, batch_w, batch_a, lr, where):
+    def arch_step(self, state: BilevelState, batch_w: tuple[torch.Tensor, torch.Tensor],
+                  batch_a: tuple[torch.Tensor, torch.Tensor], where: str) -> None:
+        supernet = state.supernet
         self.resample(supernet, "arch")
-        ops, inputs = self._modules(supernet)
+        ops, _ = self.gated_modules(supernet)
         before = {label: m.alpha.detach().clone() for label, m in ops.items()}
-        loss = self._latency_term(criterion(supernet(batch_a[0]), batch_a[1]), supernet)
+        loss = self.latency_term(state.criterion(supernet(batch_a[0]), batch_a[1]), supernet)
         check_finite(loss, f"architecture step, {where}")
-        grads = torch.autograd.grad(loss, alphas, allow_unused=True)
-        for a, g in zip(alphas, grads):
+        grads = torch.autograd.grad(loss, state.alphas, allow_unused=True)
+        for a, g in zip(state.alphas, grads):
             a.grad = g if g is not None else torch.zeros_like(a)
-        a_opt.step()
-        a_opt.zero_grad(set_to_none=True)
+        state.a_opt.step()
+        state.a_opt.zero_grad(set_to_none=True)
         # Keep the total probability of the two sampled paths unchanged (paper, section 3.2.1).
         with torch.no_grad():
             for label, m in ops.items():
-                i, j, _ = self._sampler.ops[label]
+                i, j, _ = self.sampler.ops[label]
                 if i == j:
                     continue
                 idx = [i, j]
                 m.alpha[idx] -= torch.logsumexp(m.alpha[idx], 0) - torch.logsumexp(before[label][idx], 0)
 
-    def _weight_loss(self, supernet, criterion, x, y):
-        self.resample(supernet, "weight")
-        return criterion(supernet(x), y)
+    def weight_loss(self, state: BilevelState, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self.resample(state.supernet, "weight")
+        return state.criterion(state.supernet(x), y)
 
-    def _evaluate(self, supernet, loader, device) -> float:
+    def evaluate_supernet(self, supernet: nn.Module, loader: Iterable, device) -> float:
         self.fix(self.derive(supernet), supernet)
         return evaluate(supernet, loader, device)
 
-    def _epoch_extras(self, supernet, arch):
+    def epoch_extras(self, supernet: nn.Module, arch: dict[str, Any]) -> dict[str, Any]:
         if self.latency_table is None:
             return {}
         with torch.no_grad():
@@ -307,11 +306,11 @@ class ProxylessStrategy(DartsStrategy):
 
     def derive(self, supernet: nn.Module) -> dict[str, Any]:
         """Most likely candidate of every choice; an edge of a cell never derives to ``none``."""
-        ops, inputs = self._modules(supernet)
+        ops, inputs = self.gated_modules(supernet)
         arch: dict[str, Any] = {}
         for label, m in ops.items():
             order = torch.argsort(m.alpha.detach(), descending=True).tolist()
-            if label in self._sampler.gates:
+            if label in self.sampler.gates:
                 order = [k for k in order if not m.zero[k]] or order
             arch[label] = m.names[order[0]]
         for label, m in inputs.items():
@@ -319,7 +318,7 @@ class ProxylessStrategy(DartsStrategy):
             arch[label] = sorted(ranked[: m.n_chosen])
         return arch
 
-    def search(self, *args: Any, **kwargs: Any) -> SearchOutcome:
-        outcome = super().search(*args, **kwargs)
+    def finalize(self, state: BilevelState, train_a: Iterable, device) -> SearchOutcome:
+        outcome = super().finalize(state, train_a, device)
         outcome.latency_table = self.latency_table
         return outcome
