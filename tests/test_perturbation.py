@@ -150,8 +150,8 @@ def test_search_with_perturbation_topology_is_recorded_and_reproducible(tiny_ima
     assert all(len(first.arch[f"{c}/input_{i}"]) == 2 for c in ("normal", "reduce") for i in range(3))
 
 
-@pytest.mark.parametrize("bad, message", [({"topology": "random"}, "topology must be one of alpha, perturbation"),
-                                          ({"operations": "size"}, "operations must be one of alpha, perturbation"),
+@pytest.mark.parametrize("bad, message", [({"topology": "random"}, "topology must be alpha or perturbation"),
+                                          ({"operations": "size"}, "operations must be alpha or perturbation"),
                                           ({"perturbation_images": 0}, "perturbation_images must be an integer >= 1")])
 def test_bad_topology_settings_are_refused(bad, message):
     with pytest.raises(ValueError, match=message):
