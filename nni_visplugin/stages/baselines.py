@@ -205,13 +205,16 @@ def _search_dir(search: str | None, pipe: dict) -> Path:
         found = Path(pipe.get("out", "runs/fashion_mnist")) / "search.json"
         if not found.exists():
             raise ConfigError(f"{found} not found: run the pipeline first or pass --search DIR")
-        search_dir = Path(json.loads(found.read_text())["best"]["dir"])
+        try:
+            search_dir = Path(json.loads(found.read_text())["best"]["dir"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"{found} names no best search ({type(exc).__name__}: {exc}): pass --search DIR") from None
     if not (search_dir / "result.json").exists():
         raise ConfigError(f"{search_dir / 'result.json'} not found: --search takes a search output directory")
     return search_dir
 
 
-def _plan(args: argparse.Namespace, search_dir: Path, result: dict, recipe: dict) -> tuple[dict, dict]:
+def _plan(args: argparse.Namespace, pick: dict, result: dict, recipe: dict) -> tuple[dict, dict]:
     """The models of this call (name -> architecture) and each one's recipe."""
     space = result["space"]
     kwargs = result.get("search_space_kwargs") or result["space_kwargs"]
@@ -222,7 +225,6 @@ def _plan(args: argparse.Namespace, search_dir: Path, result: dict, recipe: dict
         raise ConfigError(f"--only: unknown model(s) {', '.join(unknown)}; this call's models: {', '.join(models)}")
     recipes = {name: recipe for name in models}
     if not args.only or "hand-matched" in args.only:
-        pick = json.loads((search_dir / "arch.json").read_text())
         width, params, target = matched_width(space, result, models["hand"], pick, recipe.get("width", 0),
                                               recipe.get("cells", 0))
         recipes["hand-matched"] = {**recipe, "width": width}
@@ -266,12 +268,14 @@ def _run(jobs: list[tuple], workers: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from nni_visplugin.stages.search import read_search  # torch and the spaces only past --help
+
     args = build_parser().parse_args(argv)
     pipe, recipe = _recipe(Path(args.config), args.seed, args.jobs)
     search_dir = _search_dir(args.search, pipe)
-    result = json.loads((search_dir / "result.json").read_text())
+    pick, result, _ = read_search(search_dir, hint="--search takes a search output directory")
     out = Path(args.out)
-    models, recipes = _plan(args, search_dir, result, recipe)
+    models, recipes = _plan(args, pick, result, recipe)
     _run(_jobs(args, models, recipes, result, out), args.jobs)
     rows, missing = table(out, models)
     out.mkdir(parents=True, exist_ok=True)

@@ -40,7 +40,7 @@ from nni_visplugin.nas.latency import measure_model
 from nni_visplugin.stages.export import export_model
 from nni_visplugin.stages.report import PUBLISHED_FASHION_MNIST, write_report
 from nni_visplugin.stages.retrain import epoch_line, retrain
-from nni_visplugin.stages.search import load_model
+from nni_visplugin.stages.search import load_model, read_search
 from nni_visplugin.utils.files import write_json
 
 __all__ = ["PipelineConfig", "run_pipeline"]
@@ -234,7 +234,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     comparison, mean, spread = _comparison(cfg, runs)
     summary = _summary(cfg, search, runs, mean, spread, started)
     history = json.loads((Path(best["dir"]) / "alphas.json").read_text())
-    arch = json.loads((Path(best["dir"]) / "arch.json").read_text())
+    arch, _, _ = read_search(best["dir"], hint="search.json's best trial must be a search output directory")
     report = write_report(out, title=f"nni-visplugin pipeline: {cfg.source.name if cfg.source else out.name}",
                           summary=summary, trials=search["trials"], history=history, arch=arch, runs=runs,
                           comparison=comparison)

@@ -167,10 +167,13 @@ def _history_entry(record: dict[str, Any]) -> dict[str, Any]:
                                    "latency_expected_ms", "latency_predicted_ms", "perturbation") if k in record}
 
 
-def read_search(arch: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any], Path]:
+def read_search(arch: str | os.PathLike, *, hint: str = "--arch takes the arch.json of a search output directory",
+                ) -> tuple[dict[str, Any], dict[str, Any], Path]:
     """The architecture and the ``result.json`` beside it; ``arch`` is the file or its directory.
 
-    Raises :class:`ConfigError` naming the file when either is missing, corrupt or incomplete.
+    Returns both and the architecture file's path. Raises :class:`ConfigError` naming the file when
+    either is missing, corrupt or incomplete; ``hint``, the end of the message for a missing file,
+    says what the caller's argument takes.
     """
     path = Path(arch).expanduser()
     if path.is_dir():
@@ -181,7 +184,7 @@ def read_search(arch: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]
         try:
             loaded.append(json.loads(p.read_text()))
         except FileNotFoundError:
-            raise ConfigError(f"{what} file {p} is missing; --arch takes the arch.json of a search output directory") from None
+            raise ConfigError(f"{what} file {p} is missing; {hint}") from None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ConfigError(f"{what} file {p} is unreadable or corrupt: {exc}") from None
     arch_dict, result = loaded
@@ -197,9 +200,10 @@ def load_model(directory: str | os.PathLike, *, weights: bool = True) -> torch.n
     """Rebuild the fixed network from a search or retraining directory (``result.json`` + ``arch.json``).
 
     The architecture is validated against its space first; the trained weights in ``model.pt``
-    are loaded with ``weights_only=True`` when present and ``weights`` is true.
+    are loaded with ``weights_only=True`` when present and ``weights`` is true. A missing or
+    corrupt file raises :class:`ConfigError` naming it.
     """
-    arch, result, path = read_search(directory)
+    arch, result, path = read_search(directory, hint="load_model takes a search or retraining output directory")
     model = build_fixed_model(result["space"], result["space_kwargs"], arch)
     weights_file = path.parent / "model.pt"
     if weights and weights_file.exists():
