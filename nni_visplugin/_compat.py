@@ -1,6 +1,8 @@
 """Every accommodation NNI 3.0 needs on current PyTorch lives here, and nowhere else."""
 from __future__ import annotations
 
+import importlib
+import sys
 import warnings
 
 
@@ -16,26 +18,26 @@ def quiet_nni_import_warnings() -> None:
 quiet_nni_import_warnings()
 
 
-class _DropSupernetModuleWarning:
-    """NNI's ``mutate_model`` warns when a hook returns a module that is not one of its own
-    ``BaseSuperNetModule``s. The plugin's mixed modules are deliberately not: NNI's protocol decides
-    each module's choice on its own, while DARTS derives a node's inputs from its edges' weights
-    (:func:`nni_visplugin.nas.derive.derive_architecture`)."""
+def import_nni_evaluator_without_lightning() -> None:
+    """Import ``nni.nas.evaluator`` without the Lightning evaluators NNI copies into it.
 
-    @staticmethod
-    def filter(record) -> bool:
-        return "didn't return a BaseSuperNetModule" not in record.getMessage()
+    ``nni.nas.space`` (which every ``nni.nas.nn.pytorch`` space imports) imports ``nni.nas.evaluator``,
+    whose ``__init__`` copies ``nni.nas.evaluator.pytorch`` (Lightning) into itself unless NNI's default
+    framework is ``none``. The plugin's searches use no Lightning, so that one import runs with NNI's own
+    switch ``set_default_framework("none")`` held; the evaluators stay importable from
+    ``nni.nas.evaluator.pytorch``, as NNI's docs spell them. Called before the spaces and the strategies
+    import NNI; does nothing once the package or Lightning is loaded anyway.
+    """
+    if "nni.nas.evaluator" in sys.modules or "pytorch_lightning" in sys.modules:
+        return
+    from nni.common.framework import get_default_framework, set_default_framework
 
-
-def install_log_filters() -> None:
-    import logging
-
-    logger = logging.getLogger("nni.nas.oneshot.pytorch.strategy")
-    if not any(isinstance(f, _DropSupernetModuleWarning) for f in logger.filters):
-        logger.addFilter(_DropSupernetModuleWarning())
-
-
-install_log_filters()
+    previous = get_default_framework()
+    set_default_framework("none")
+    try:
+        importlib.import_module("nni.nas.evaluator")
+    finally:
+        set_default_framework(previous)
 
 
 def current_parameter_id() -> int | None:

@@ -1,5 +1,9 @@
 """Search spaces, registered by name (``nni_visplugin.create_space``)."""
-from nni_visplugin import _compat  # noqa: F401  (silences NNI's import-time warnings first)
+from nni_visplugin import _compat
+
+_compat.import_nni_evaluator_without_lightning()  # before the spaces import NNI
+
+# isort: split
 
 from .darts_cell import DartsCellSpace
 from .proxyless_mobile import ProxylessMobileSpace

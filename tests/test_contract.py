@@ -130,3 +130,26 @@ def test_the_search_path_never_imports_lightning():
     proc = subprocess.run([sys.executable, "-c", LIGHTNING_FREE_SCRIPT], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "LOADED []" in proc.stdout.splitlines()
+
+
+RUN_SEARCH_SCRIPT = """
+import sys, tempfile
+
+from nni_visplugin.config.search import SearchConfig
+from nni_visplugin.stages.search import run_search
+import nni_visplugin.trial  # the NNI trial's entry point too
+
+config = SearchConfig.create({"epochs": 1, "space.width": 4, "space.num_cells": 2, "space.num_nodes": 2,
+                              "final_epochs": 1, "max_train_samples": 60, "num_threads": 1})
+run_search(config, tempfile.mkdtemp())  # the space is built before the strategy, as in every trial
+print("LOADED", sorted(m for m in sys.modules if m.split(".")[0] in ("pytorch_lightning", "lightning")))
+"""
+
+
+def test_a_search_as_the_trial_runs_it_never_imports_lightning():
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", RUN_SEARCH_SCRIPT], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "LOADED []" in proc.stdout.splitlines()

@@ -5,9 +5,7 @@ NNI 3.0 keeps its one-shot machinery (``mutate_model``, ``no_default_hook``, ``O
 package imports that on import, and ``nni.nas.evaluator`` (which ``nni.nas.space`` imports) copies
 the Lightning evaluators into itself. The plugin's search needs none of them, so this module:
 
-- imports ``nni.nas.evaluator`` with NNI's own switch ``set_default_framework("none")`` held for
-  that one import (NNI's documented way to skip the ``nni.nas.evaluator.pytorch`` shortcut; the
-  evaluators stay importable from ``nni.nas.evaluator.pytorch``, as NNI's docs spell them);
+- imports ``nni.nas.evaluator`` without its Lightning shortcut (``_compat.import_nni_evaluator_without_lightning``);
 - loads ``nni/nas/strategy/base.py``, the :class:`Strategy` every NNI strategy subclasses, as the
   module ``nni.nas.strategy.base`` without running its package's ``__init__`` (the package, when
   imported later, finds that module and uses the same class);
@@ -27,6 +25,8 @@ from typing import Any, Callable, Sequence
 
 import torch.nn as nn
 
+from nni_visplugin import _compat
+
 __all__ = ["Strategy", "MutationHook", "mutate_model", "no_default_hook", "instance_class"]
 
 MutationHook = Callable[[nn.Module, str, dict, dict], Any]
@@ -34,19 +34,6 @@ MutationHook = Callable[[nn.Module, str, dict, dict], Any]
 
 def _lightning_loaded() -> bool:
     return "pytorch_lightning" in sys.modules
-
-
-def _import_evaluator_package() -> None:
-    if "nni.nas.evaluator" in sys.modules or _lightning_loaded():
-        return
-    from nni.common.framework import get_default_framework, set_default_framework
-
-    previous = get_default_framework()
-    set_default_framework("none")
-    try:
-        importlib.import_module("nni.nas.evaluator")
-    finally:
-        set_default_framework(previous)
 
 
 def _strategy_base_module():
@@ -66,7 +53,7 @@ def _strategy_base_module():
     return module
 
 
-_import_evaluator_package()
+_compat.import_nni_evaluator_without_lightning()
 Strategy = _strategy_base_module().Strategy
 
 from nni.mutable import frozen_context  # noqa: E402  (after the evaluator package above)
