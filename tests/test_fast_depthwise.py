@@ -63,7 +63,7 @@ def test_gradients_equal_pytorchs_in_float64(kernel, dilation, stride, layout):
 
 def test_gradcheck_against_finite_differences():
     def fn(x, w):
-        return fastconv._DepthwiseConv.apply(x, w, (2, 1), (2, 2), (2, 1))
+        return fastconv.DepthwiseConvFunction.apply(x, w, (2, 1), (2, 2), (2, 1))
 
     x = torch.randn(2, 3, 7, 8, dtype=torch.float64, requires_grad=True)
     w = torch.randn(3, 1, 3, 5, dtype=torch.float64, requires_grad=True)
@@ -88,8 +88,8 @@ def test_weight_gradient_is_skipped_when_only_other_gradients_are_asked_for(monk
     """A first-order architecture step asks for the alphas' gradients only: no weight gradient is
     computed, as built-in convolutions skip theirs."""
     calls = []
-    real = fastconv._weight_grad
-    monkeypatch.setattr(fastconv, "_weight_grad", lambda *a: calls.append(1) or real(*a))
+    real = fastconv.weight_grad
+    monkeypatch.setattr(fastconv, "weight_grad", lambda *a: calls.append(1) or real(*a))
     conv = nn.Conv2d(4, 4, 5, 1, 2, groups=4, bias=False).double()
     x = torch.randn(2, 4, 6, 6, dtype=torch.float64)
     scale = torch.tensor(2.0, dtype=torch.float64, requires_grad=True)

@@ -53,30 +53,7 @@ class PipelineConfig:
         if set(p) - known:
             raise ConfigError(f"{path}: unknown pipeline key(s) {', '.join(sorted(set(p) - known))}; "
                               f"known: {', '.join(sorted(known))}")
-        retrain = dict(p.get("retrain") or {})
-        bad = sorted(set(retrain) - set(RETRAIN_KEYS))
-        if bad:
-            raise ConfigError(f"{path}: unknown pipeline.retrain key(s) {', '.join(bad)}; known: {', '.join(RETRAIN_KEYS)}")
-        if seeds is not None:
-            retrain["seeds"] = list(seeds)
-        if jobs is not None:
-            retrain["jobs"] = jobs
-            if jobs > 1 and threads is None:
-                retrain["threads"] = 1
-        if threads is not None:
-            retrain["threads"] = threads
-        if "threads" in retrain and (isinstance(retrain["threads"], bool) or not isinstance(retrain["threads"], int)
-                                     or retrain["threads"] < 0):
-            raise ConfigError(f"{path}: pipeline.retrain.threads must be an integer >= 0 (0: PyTorch's default), "
-                              f"got {retrain['threads']!r}")
-        seeds = retrain.pop("seeds", [0])
-        if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
-            raise ConfigError(f"{path}: pipeline.retrain.seeds must be a non-empty list of integers >= 0")
-        jobs = retrain.pop("jobs", 1)
-        if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
-            raise ConfigError(f"{path}: pipeline.retrain.jobs must be an integer >= 1, got {jobs!r}")
-        if jobs > 1:
-            retrain.setdefault("threads", 1)
+        retrain, seeds, jobs = _retrain_part(path, p, seeds, jobs, threads)
         export = p.get("export", ["onnx"])
         export = [export] if isinstance(export, str) else list(export or [])
         if any(f not in ("onnx", "torchscript") for f in export):
@@ -116,3 +93,34 @@ def _check_export_packages(path: Path, export: list[str]) -> None:
         if missing:
             raise ConfigError(f"{path}: pipeline.export {fmt} needs {', '.join(missing)}, which are not installed: "
                               f"pip install 'nni-visplugin[export]', or leave {fmt} out of pipeline.export")
+
+
+def _retrain_part(path: Path, p: dict[str, Any], seeds: list[int] | None, jobs: int | None,
+                  threads: int | None) -> tuple[dict[str, Any], list[int], int]:
+    """``pipeline.retrain`` with the command line's ``seeds``, ``jobs`` and ``threads`` put in: the
+    retraining settings, the seeds, and how many seeds train at once."""
+    retrain = dict(p.get("retrain") or {})
+    bad = sorted(set(retrain) - set(RETRAIN_KEYS))
+    if bad:
+        raise ConfigError(f"{path}: unknown pipeline.retrain key(s) {', '.join(bad)}; known: {', '.join(RETRAIN_KEYS)}")
+    if seeds is not None:
+        retrain["seeds"] = list(seeds)
+    if jobs is not None:
+        retrain["jobs"] = jobs
+        if jobs > 1 and threads is None:
+            retrain["threads"] = 1
+    if threads is not None:
+        retrain["threads"] = threads
+    if "threads" in retrain and (isinstance(retrain["threads"], bool) or not isinstance(retrain["threads"], int)
+                                 or retrain["threads"] < 0):
+        raise ConfigError(f"{path}: pipeline.retrain.threads must be an integer >= 0 (0: PyTorch's default), "
+                          f"got {retrain['threads']!r}")
+    seeds = retrain.pop("seeds", [0])
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
+        raise ConfigError(f"{path}: pipeline.retrain.seeds must be a non-empty list of integers >= 0")
+    jobs = retrain.pop("jobs", 1)
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ConfigError(f"{path}: pipeline.retrain.jobs must be an integer >= 1, got {jobs!r}")
+    if jobs > 1:
+        retrain.setdefault("threads", 1)
+    return retrain, seeds, jobs

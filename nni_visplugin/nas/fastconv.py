@@ -46,7 +46,7 @@ def applies(conv: nn.Module) -> bool:
         0 <= p[i] <= d[i] * (k[i] - 1) and (s[i] == 1 or (s[i] == 2 and d[i] <= 2)) for i in range(2))
 
 
-class _DepthwiseConv(torch.autograd.Function):
+class DepthwiseConvFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, stride: tuple[int, int], padding: tuple[int, int],
                 dilation: tuple[int, int]):
@@ -65,7 +65,7 @@ class _DepthwiseConv(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_x = _input_grad(grad, weight, tuple(x.shape[2:]), s, p, d)
         if ctx.needs_input_grad[1] and _will_execute(ctx.weight_edge.node):
-            grad_w = _weight_grad(grad, x, tuple(weight.shape[2:]), s, p, d).to(memory_format=_format(weight))
+            grad_w = weight_grad(grad, x, tuple(weight.shape[2:]), s, p, d).to(memory_format=_format(weight))
         return grad_x, grad_w, None, None, None
 
 
@@ -124,7 +124,7 @@ def _pieces(out_len: int, stride: int, dilation: int, kernel: int) -> list[tuple
     return [(0, 1, a, 2, a, 2, (kernel - a + 1) // 2) for a in range(min(2, kernel))]
 
 
-def _weight_grad(grad: torch.Tensor, x: torch.Tensor, kernel: tuple[int, int], s: tuple[int, int],
+def weight_grad(grad: torch.Tensor, x: torch.Tensor, kernel: tuple[int, int], s: tuple[int, int],
                  p: tuple[int, int], d: tuple[int, int]) -> torch.Tensor:
     """``d loss / d weight`` of a depthwise convolution, from undilated 3x3 weight gradients."""
     axes = [_pieces(grad.shape[2 + i], s[i], d[i], kernel[i]) for i in range(2)]
@@ -158,7 +158,7 @@ def _weight_grad(grad: torch.Tensor, x: torch.Tensor, kernel: tuple[int, int], s
 
 def depthwise_conv2d(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     """``conv(x)`` with the fast backward pass (``conv`` must satisfy :func:`applies`)."""
-    return _DepthwiseConv.apply(x, conv.weight, tuple(conv.stride), tuple(conv.padding), tuple(conv.dilation))
+    return DepthwiseConvFunction.apply(x, conv.weight, tuple(conv.stride), tuple(conv.padding), tuple(conv.dilation))
 
 
 class FastDepthwiseConv2d(nn.Conv2d):

@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 
 from nni_visplugin.config.fields import setting, validate
+from nni_visplugin.data.loader import bilevel_halves
 from nni_visplugin.nas.fastconv import enable_fast_depthwise
 from nni_visplugin.nas.health import alpha_entropy, count_skips
 from nni_visplugin.nas.relax import alpha_snapshot, arch_parameters, reject_unsupported_hook
@@ -121,13 +122,10 @@ def split_params(supernet: nn.Module) -> tuple[list[str], list[nn.Parameter], li
 
 def split_loader_for_bilevel(loader: Any, seed: int) -> tuple[Iterable, Iterable]:
     """Halve a DataLoader's dataset: weights train on one half, the architecture on the other."""
-    from torch.utils.data import DataLoader, random_split
+    from torch.utils.data import DataLoader, Subset
 
     dataset = loader.dataset
-    n = len(dataset)
-    if n < 2:
-        raise ValueError("the training split needs at least 2 samples to be halved for the bilevel search")
-    halves = random_split(dataset, [n // 2, n - n // 2], generator=torch.Generator().manual_seed(seed))
+    halves = [Subset(dataset, idx.tolist()) for idx in bilevel_halves(len(dataset), seed)]
     batch = loader.batch_size or 64
     return tuple(DataLoader(h, batch_size=batch, shuffle=True, drop_last=False,
                             generator=torch.Generator().manual_seed(seed + i)) for i, h in enumerate(halves))
