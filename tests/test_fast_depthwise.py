@@ -63,7 +63,7 @@ def test_gradients_equal_pytorchs_in_float64(kernel, dilation, stride, layout):
 
 def test_gradcheck_against_finite_differences():
     def fn(x, w):
-        return fastconv.DepthwiseConvFunction.apply(x, w, (2, 1), (2, 2), (2, 1))
+        return fastconv.DepthwiseConv.apply(x, w, (2, 1), (2, 2), (2, 1))
 
     x = torch.randn(2, 3, 7, 8, dtype=torch.float64, requires_grad=True)
     w = torch.randn(3, 1, 3, 5, dtype=torch.float64, requires_grad=True)
@@ -169,7 +169,7 @@ def test_evaluation_and_tracing_see_a_plain_convolution():
     x = torch.randn(2, 4, 6, 6)
     with torch.no_grad():
         assert conv(x).grad_fn is None
-    assert type(conv(x).grad_fn).__name__ == "_DepthwiseConvBackward"  # training with gradients: the fast one
+    assert type(conv(x).grad_fn).__name__ == "DepthwiseConvBackward"  # training with gradients: the fast one
     conv.eval()
     assert "Convolution" in type(conv(x).grad_fn).__name__
     traced = torch.jit.trace(model, x)

@@ -46,7 +46,7 @@ def applies(conv: nn.Module) -> bool:
         0 <= p[i] <= d[i] * (k[i] - 1) and (s[i] == 1 or (s[i] == 2 and d[i] <= 2)) for i in range(2))
 
 
-class DepthwiseConvFunction(torch.autograd.Function):
+class DepthwiseConv(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, stride: tuple[int, int], padding: tuple[int, int],
                 dilation: tuple[int, int]):
@@ -158,7 +158,7 @@ def weight_grad(grad: torch.Tensor, x: torch.Tensor, kernel: tuple[int, int], s:
 
 def depthwise_conv2d(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     """``conv(x)`` with the fast backward pass (``conv`` must satisfy :func:`applies`)."""
-    return DepthwiseConvFunction.apply(x, conv.weight, tuple(conv.stride), tuple(conv.padding), tuple(conv.dilation))
+    return DepthwiseConv.apply(x, conv.weight, tuple(conv.stride), tuple(conv.padding), tuple(conv.dilation))
 
 
 class FastDepthwiseConv2d(nn.Conv2d):
