@@ -82,14 +82,21 @@ SYSTEM_NEEDS = {
                                     "test_pipeline::test_pipeline_end_to_end", "test_pipeline::test_seeds_side")),
 }
 
-# Tests of real parts, or of many seconds: left out by -m "not integration".
+# Tests of real parts, or of several seconds each: left out by -m "not integration".
 INTEGRATION = ("test_nni_integration", "test_faults", "test_outer_loop", "test_webui", "test_pipeline",
                "test_search_cli", "test_studies", "test_checkpoint::test_search_killed", "test_registry::test_other",
                "test_registry::test_entry_point", "test_check::test_cli", "test_export::test_cli",
                "test_retrain::test_cli", "test_retrain::test_a_checkpoint_of_another", "test_retrain::test_retrain_after",
                "test_tuner::test_sqlite_study_locked", "test_perturbation::test_search_with",
                "test_perturbation::test_operations_are_chosen", "test_darts::test_second_order_gradient",
-               "test_baselines::test_baselines_in_two", "test_baselines::test_hand_matched")
+               "test_baselines::test_baselines_in_two", "test_baselines::test_hand_matched",
+               # whole experiment configs through NNI's config classes, the tuner and every space they name
+               "test_check::test_each", "test_check::test_shipped", "test_check::test_in_channels_that_match",
+               "test_check::test_checking_nni", "test_check::test_nni_",
+               # subprocesses, and supernets measured or trained for several seconds each
+               "test_contract::test_the_search_path", "test_contract::test_a_search_as",
+               "test_perturbation::test_an_operation", "test_perturbation::test_inputs_are_chosen",
+               "test_export::test_onnx_matches", "test_proxyless::test_table_")
 
 
 def _missing() -> dict[str, tuple[str, ...]]:
