@@ -185,7 +185,10 @@ class SearchConfig:
 
     def _check_space(self) -> None:
         """Build the space once with its settings (at the dataset's channels, a stand-in image size
-        and ten classes): a value the space refuses speaks now, as one line."""
+        and ten classes): a value the space refuses speaks now, as one line. A space at its
+        defaults is not built: nothing there to refuse."""
+        if not self.space_kwargs:
+            return
         accepted = factory_parameters(SPACES.get(self.space))
         data = {"in_channels": CHANNELS.get(self.dataset, 3), "image_size": 32, "num_classes": 10}
         try:

@@ -71,20 +71,6 @@ def _check_data(config) -> str | None:
     return None
 
 
-def _check_space(config) -> str | None:
-    """Build the space once with its settings (at a stand-in image size): a bad value speaks now."""
-    from nni_visplugin.data.datasets import CHANNELS
-    from nni_visplugin.utils.registry import SPACES, factory_parameters
-
-    data = {"in_channels": CHANNELS.get(config.dataset, 3), "image_size": 32, "num_classes": 10}
-    accepted = factory_parameters(SPACES.get(config.space))
-    try:
-        SPACES.create(config.space, **{**{k: v for k, v in data.items() if k in accepted}, **config.space_kwargs})
-    except (TypeError, ValueError) as exc:
-        return f"trialCommand: space {config.space} refuses its settings: {exc}"
-    return None
-
-
 def _check_latency_table(config) -> str | None:
     path = config.strategy_kwargs.get("latency_table")
     if not path:
@@ -479,7 +465,7 @@ def _check_trial(doc: dict[str, Any]) -> tuple[Any, list[str]]:
         base = SearchConfig.create(fixed)
     except ConfigError as exc:
         return None, [f"trialCommand: {exc}"]
-    return base, [p for check in (_check_data, _check_space, _check_latency_table) if (p := check(base)) is not None]
+    return base, [p for check in (_check_data, _check_latency_table) if (p := check(base)) is not None]
 
 
 def _draws(space: dict[str, Any], count: int) -> list[dict[str, Any]]:
