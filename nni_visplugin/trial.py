@@ -63,6 +63,12 @@ def main(argv: list[str] | None = None) -> int:
         # Shown in the web UI next to the metric, so a trial's true hyperparameters can be looked up.
         "parameter_id": parameter_id if parameter_id is not None else -1,
     }
+    if "decided" in result:
+        # An undecided search is visible in the web UI next to its metric, never handed over as a finding.
+        final["alpha_entropy"] = round(result["alpha_entropy"], 4)
+        final["decided"] = int(result["decided"])
+        if result.get("warning"):
+            _logger.warning("%s", result["warning"])
     for key in ("latency_predicted_ms", "latency_measured_ms"):
         if key in result:
             final[key] = round(result[key], 4)

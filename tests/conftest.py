@@ -88,14 +88,14 @@ INTEGRATION = ("test_nni_integration", "test_faults", "test_outer_loop", "test_w
                "test_registry::test_entry_point", "test_check::test_cli", "test_export::test_cli",
                "test_retrain::test_cli", "test_retrain::test_a_checkpoint_of_another", "test_retrain::test_retrain_after",
                "test_tuner::test_sqlite_study_locked", "test_perturbation::test_search_with",
-               "test_perturbation::test_operations_are_chosen", "test_darts::test_second_order_gradient",
+               "test_perturbation::test_operations_then_inputs", "test_darts::test_second_order_gradient",
                "test_baselines::test_baselines_in_two", "test_baselines::test_hand_matched",
                # whole experiment configs through NNI's config classes, the tuner and every space they name
                "test_check::test_each", "test_check::test_shipped", "test_check::test_in_channels_that_match",
                "test_check::test_checking_nni", "test_check::test_nni_",
                # subprocesses, and supernets measured or trained for several seconds each
                "test_contract::test_the_search_path", "test_contract::test_a_search_as",
-               "test_perturbation::test_an_operation", "test_perturbation::test_inputs_are_chosen",
+               "test_perturbation::test_an_operation", "test_perturbation::test_an_edge",
                "test_export::test_onnx_matches", "test_proxyless::test_table_")
 
 

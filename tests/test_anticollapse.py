@@ -131,9 +131,12 @@ def test_beta_regularisation_gradient_is_the_gradient_of_its_definition():
     supernet = _supernet(dtype=torch.float64)
     strategy = DartsStrategy(epochs=4, beta_reg=2.0)
     _, _, alphas = split_params(supernet)
+    # lambda_t = lambda_max * t / T: nothing in the first epoch (beta-DARTS's linear schedule from 0).
+    assert all(float(g.abs().max()) == 0.0 for g in strategy.beta_reg_grad(supernet, alphas, epoch=0))
     grads = strategy.beta_reg_grad(supernet, alphas, epoch=1)
-    lam = 2.0 * 2 / 4
-    ops = op_alphas(supernet)
+    lam = 2.0 * 1 / 4
+    ops = [m.alpha for m in supernet.modules() if isinstance(m, MixedOp)]
+    ops = list({id(a): a for a in ops}.values())  # one per label
 
     def reg():
         return (lam * torch.stack([torch.logsumexp(a, -1) for a in ops]).mean()).item()
@@ -218,3 +221,61 @@ def test_early_stop_when_the_ranking_is_stable(tiny_images):
 def test_bad_settings_are_refused(bad):
     with pytest.raises((ValueError, TypeError)):
         DartsStrategy(**bad)
+
+
+def test_auxiliary_skip_on_a_stride_2_edge_is_beta_times_its_factorized_reduction():
+    """DARTS-'s reference adds beta * FactorizedReduce(x) on a reduction edge, where beta * x cannot be
+    added; written out here from the definition (ReLU, two offset 1x1 stride-2 convolutions, batch norm)."""
+    torch.manual_seed(0)
+    supernet = DartsStrategy(epochs=2, aux_skip=1.0).build_supernet(tiny_space("darts_cell")).to(torch.float64)
+    reduce_edges = [m for m in supernet.modules() if isinstance(m, MixedOp) and m.label.startswith("reduce")
+                    and m.label.endswith(("_0", "_1"))]  # the edges from the cell's two inputs
+    assert reduce_edges and all(m.aux_reduce is not None for m in reduce_edges)
+    assert all(m.aux_reduce is None for m in supernet.modules() if isinstance(m, MixedOp)
+               and m.label.startswith("normal"))
+    edge = reduce_edges[0]
+    edge.eval()
+    c = edge.aux_reduce.conv_a.in_channels
+    x = torch.randn(2, c, 8, 8, dtype=torch.float64)
+    edge.aux_skip = 0.0
+    plain = edge(x)
+    edge.aux_skip = 0.4
+    fr = edge.aux_reduce
+    r = torch.relu(x)
+    a = torch.nn.functional.conv2d(r, fr.conv_a.weight, stride=2)
+    b = torch.nn.functional.conv2d(torch.nn.functional.pad(r, (0, 1, 0, 1))[:, :, 1:, 1:], fr.conv_b.weight, stride=2)
+    h = torch.cat([a, b], 1)
+    bn = (h - fr.bn.running_mean[None, :, None, None]) / torch.sqrt(fr.bn.running_var[None, :, None, None] + fr.bn.eps)
+    assert torch.allclose(edge(x), plain + 0.4 * bn)
+    # Its parameters are weights: the weight optimiser moves them.
+    names, _, _ = split_params(supernet)
+    assert any("aux_reduce" in n for n in names)
+
+
+def test_stable_ranking_rule_ranks_the_learnable_operations_only():
+    """DARTS+ criterion 2: the ranking of the learnable operations' alphas; pools, skips, none and the
+    edge-normalisation weights may change order without resetting the count."""
+    strategy = DartsStrategy(epochs=10, early_stop="stable", early_stop_patience=2)
+    supernet = strategy.build_supernet(tiny_space("darts_cell"))
+    from nni_visplugin.nas.relax import learnable_candidates
+
+    strategy._learnable = learnable_candidates(supernet)
+    label = "normal/op_0_0"
+    names = next(m.names for m in supernet.modules() if isinstance(m, MixedOp) and m.label == label)
+    convs = [i for i, n in enumerate(names) if "conv" in n]
+    free = [i for i, n in enumerate(names) if "conv" not in n]
+    assert strategy._learnable[label] == convs  # the convolutions of the DARTS primitives
+
+    def record(epoch, swap_free):
+        alpha = [0.0] * len(names)
+        for rank, i in enumerate(convs):
+            alpha[i] = 1.0 - 0.1 * rank
+        a, b = free[0], free[1]
+        alpha[a], alpha[b] = (0.5, 0.6) if swap_free else (0.6, 0.5)
+        return {"epoch": epoch, "alphas": {label: {"alpha": alpha}, "normal/input_1": {"alpha": [epoch % 2, 0, 1]}}}
+
+    history = [record(e, swap_free=e % 2 == 1) for e in range(3)]
+    assert "ranking unchanged for 2 epochs" in strategy._stop_reason(history)
+    moved = [dict(r) for r in history]
+    moved[2] = {"epoch": 2, "alphas": {label: {"alpha": [-a for a in history[2]["alphas"][label]["alpha"]]}}}
+    assert strategy._stop_reason(moved) is None

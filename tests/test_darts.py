@@ -1,6 +1,7 @@
 """The DARTS strategy against its definition (Liu et al., ICLR 2019)."""
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -41,7 +42,8 @@ def test_second_order_gradient_matches_finite_differences(space_name):
     supernet = _tiny_supernet(space_name)
     names, weights, alphas = split_params(supernet)
     batch_w, batch_a = _batch(1), _batch(2)
-    xi, momentum, wd = 0.05, 0.9, 3e-4
+    # A weight decay large enough that leaving it out of the virtual step fails the check below.
+    xi, momentum, wd = 0.05, 0.9, 0.5
     bufs = [0.01 * torch.randn_like(w) for w in weights]
     buffers = {n: b.clone() for n, b in supernet.named_buffers()}
 
@@ -80,9 +82,84 @@ def test_second_order_gradient_matches_finite_differences(space_name):
     assert num.abs().max() > 1e-4  # the check is not vacuous
     assert torch.allclose(ana, num, rtol=1e-3, atol=1e-6), (ana - num).abs().max()
 
-    # The Hessian term matters: dropping it (first order) would fail the same check.
+    # Each term matters: without the weight decay in the virtual step, or without the Hessian term
+    # (first order), the same check fails.
+    no_decay = unrolled_arch_gradient(supernet, F.cross_entropy, names, weights, alphas, batch_w, batch_a, xi=xi,
+                                      momentum=momentum, weight_decay=0.0, momentum_buffers=bufs, fd_scale=1e-5)
+    assert not torch.allclose(torch.cat([g.flatten() for g in no_decay]), num, rtol=1e-3, atol=1e-6)
     first_order = torch.autograd.grad(F.cross_entropy(supernet(batch_a[0]), batch_a[1]), alphas)
     assert not torch.allclose(torch.cat([g.flatten() for g in first_order]), num, rtol=1e-3, atol=1e-6)
+
+
+def test_second_order_finite_difference_radius_is_scaled_by_the_gradient_norm():
+    """Equation 8 with the paper's radius eps = 0.01 / ||grad_w' L_a(w', alpha)||, written out here."""
+    supernet = _tiny_supernet("seed_cells")
+    names, weights, alphas = split_params(supernet)
+    batch_w, batch_a = _batch(1), _batch(2)
+    xi = 0.3
+
+    def crit(out, y):  # scaled so that the gradient norm is far from 1 and the radius matters
+        return 40.0 * F.cross_entropy(out, y)
+
+    buffers = {n: b.clone() for n, b in supernet.named_buffers()}
+
+    def loss(params, batch):
+        return crit(functional_call(supernet, {**dict(zip(names, params)), **{k: v.clone() for k, v in buffers.items()}},
+                                    (batch[0],)), batch[1])
+
+    g_w = torch.autograd.grad(loss(weights, batch_w), weights)
+    w1 = [(w - xi * g).detach().requires_grad_() for w, g in zip(weights, g_w)]
+    grads = torch.autograd.grad(loss(w1, batch_a), list(alphas) + w1)
+    d_alpha, d_w = grads[: len(alphas)], grads[len(alphas):]
+    norm = torch.sqrt(sum((d * d).sum() for d in d_w))
+
+    def expected(eps):
+        with torch.no_grad():
+            plus = [w + eps * d for w, d in zip(weights, d_w)]
+            minus = [w - eps * d for w, d in zip(weights, d_w)]
+        gp = torch.autograd.grad(loss(plus, batch_w), alphas)
+        gm = torch.autograd.grad(loss(minus, batch_w), alphas)
+        return torch.cat([(da - xi * (p - m) / (2 * eps)).flatten() for da, p, m in zip(d_alpha, gp, gm)])
+
+    got = torch.cat([g.flatten() for g in unrolled_arch_gradient(supernet, crit, names, weights, alphas, batch_w,
+                                                                batch_a, xi=xi, fd_scale=0.01)])
+    assert norm.item() > 5
+    assert torch.allclose(got, expected(0.01 / norm), rtol=1e-9, atol=1e-12)
+    assert not torch.allclose(got, expected(torch.tensor(0.01)), rtol=1e-6, atol=1e-9)  # the unscaled radius
+
+
+def test_first_order_step_uses_the_architecture_batch_then_the_weight_step_the_new_alpha():
+    """One step of the search against Adam and SGD written out (their first steps): the architecture
+    step on the architecture batch at the current weights, then the weight step on the weight batch
+    at the updated alpha; the optimisers' settings are the configured ones."""
+    supernet = _tiny_supernet("seed_cells")
+    start = copy.deepcopy(supernet)
+    cfg = {"epochs": 1, "arch_lr": 0.01, "arch_weight_decay": 0.1, "weight_lr": 0.05, "weight_decay": 0.01,
+           "momentum": 0.9, "grad_clip": 1e9}
+    strategy = DartsStrategy(**cfg)
+    strategy.build_supernet = lambda space: supernet
+    (xw, yw), (xa, ya) = _batch(1), _batch(2)
+    strategy.search(tiny_space("seed_cells"), TensorLoader(xw, yw, 6), TensorLoader(xa, ya, 6))
+
+    names, weights, alphas = split_params(start)
+    g_a = torch.autograd.grad(F.cross_entropy(start(xa), ya), alphas)
+    with torch.no_grad():
+        for a, g in zip(alphas, g_a):
+            g = g + cfg["arch_weight_decay"] * a
+            a -= cfg["arch_lr"] * g / (g.abs() + 1e-8)  # Adam's first step: m_hat = g, v_hat = g^2
+    g_w = torch.autograd.grad(F.cross_entropy(start(xw), yw), weights, allow_unused=True)
+    with torch.no_grad():
+        for w, g in zip(weights, g_w):
+            if g is not None:
+                w -= cfg["weight_lr"] * (g + cfg["weight_decay"] * w)  # SGD's first step: the buffer is the gradient
+    got = dict(supernet.named_parameters())
+    for n, p in start.named_parameters():
+        assert torch.allclose(got[n], p, rtol=1e-6, atol=1e-9), n
+    a_opt = torch.optim.Adam  # the paper's optimisers, with the configured settings
+    state = strategy.new_state(strategy.build_supernet(None))
+    assert isinstance(state.a_opt, a_opt) and state.a_opt.defaults["betas"] == (0.5, 0.999)
+    assert state.a_opt.defaults["lr"] == 0.01 and state.a_opt.defaults["weight_decay"] == 0.1
+    assert isinstance(state.w_opt, torch.optim.SGD) and state.w_opt.defaults["momentum"] == 0.9
 
 
 def test_second_order_leaves_weights_and_batchnorm_stats_untouched():

@@ -1,6 +1,8 @@
-"""Perturbation-based choice of the nodes' inputs and of the edges' operations (DARTS-PT's topology and
-operation selection), against their definitions."""
+"""Perturbation-based choice of the edges' operations and of the nodes' inputs (DARTS-PT's operation and
+topology selection), against their definitions."""
 from __future__ import annotations
+
+import copy
 
 import pytest
 import torch
@@ -9,7 +11,7 @@ from nni_visplugin import create_space
 from nni_visplugin.data.loader import TensorLoader
 from nni_visplugin.nas.strategies.darts import DartsConfig, DartsStrategy
 from nni_visplugin.nas.relax import MixedInput, MixedOp, arch_parameters
-from nni_visplugin.nas.derive import derive_architecture, select_inputs_by_perturbation, select_ops_by_perturbation
+from nni_visplugin.nas.derive import derive_architecture, select_by_perturbation
 
 from helpers.spaces import tiny_kwargs  # noqa: E402
 
@@ -42,66 +44,118 @@ def _score(supernet, batches):
     return float((logits.argmax(1) == y).double().mean()), float(torch.nn.functional.cross_entropy(logits, y))
 
 
-def _reference(supernet, batches):
-    """The rule written out independently: an edge is removed by making its mixed operation output
-    zeros (forward hooks), and the accuracy and loss are recomputed from scratch."""
-    removed_edges: set[str] = set()
-    hooks = [m.register_forward_hook(lambda mod, args, out: torch.zeros_like(out) if mod.label in removed_edges else out)
-             for m in supernet.modules() if isinstance(m, MixedOp)]
+def _reference(supernet, batches, edge_order, node_order, operations=True):
+    """DARTS-PT's selection written out independently of the code: every mixed operation is replaced
+    by a forward hook computing ``sum_k w_k op_k(x)`` from its candidates over the candidates still
+    in, or the projected candidate alone; the supernet runs in train mode (batch statistics) and its
+    state is put back after every measurement."""
+    saved = copy.deepcopy(supernet.state_dict())
+    removed: dict[str, int] = {}     # edge label -> candidate taken out for this measurement
+    projected: dict[str, int] = {}   # edge label -> the one candidate left
+    cut: set[str] = set()            # edge labels whose output is zero
 
-    nodes = {}
-    for m in supernet.modules():
-        if isinstance(m, MixedInput) and m.edge_labels and m.n_candidates > m.n_chosen:
-            nodes.setdefault(m.label, m)
-    chosen, removals = {}, {}
-    supernet.eval()
+    def hook(mod, args, out):
+        x = args[0]
+        if mod.label in cut:
+            return torch.zeros_like(out)
+        if mod.label in projected:
+            return mod.candidates[projected[mod.label]](x)
+        w = torch.softmax(mod.alpha, -1)
+        return sum(w[k] * op(x) for k, op in enumerate(mod.candidates)
+                   if not mod.zero[k] and removed.get(mod.label) != k)
+
+    def score():
+        out = _score(supernet, batches)
+        supernet.load_state_dict(saved)
+        return out
+
+    hooks = [m.register_forward_hook(hook) for m in supernet.modules() if isinstance(m, MixedOp)]
+    edges = {m.label: m for m in supernet.modules() if isinstance(m, MixedOp)}
+    nodes = {m.label: m for m in supernet.modules() if isinstance(m, MixedInput) and m.n_candidates > m.n_chosen}
+    sample = derive_architecture(supernet)
+    was = supernet.training
+    supernet.train()
+    scores: dict[str, dict] = {}
     try:
         with torch.no_grad():
-            for label, m in nodes.items():
-                left = list(range(m.n_candidates))
-                removals[label] = []
-                while len(left) > m.n_chosen:
-                    scores = {}
-                    for i in left:
-                        removed_edges.add(m.edge_labels[i])
-                        scores[i] = _score(supernet, batches)
-                        removed_edges.discard(m.edge_labels[i])
-                    best = max(left, key=lambda i: (scores[i][0], -scores[i][1], i))
-                    removals[label].append((best, scores))
-                    removed_edges.add(m.edge_labels[best])
-                    left.remove(best)
-                chosen[label] = left
+            for label in edge_order:
+                m = edges[label]
+                if operations:
+                    scores[label] = {}
+                    for i in (k for k in range(len(m.names)) if not m.zero[k]):
+                        removed[label] = i
+                        scores[label][i] = score()
+                    removed.pop(label)
+                    best = min(scores[label], key=lambda i: (scores[label][i][0], -scores[label][i][1], i))
+                    sample[label] = m.names[best]
+                projected[label] = m.names.index(sample[label])
+            for label in node_order:
+                m = nodes[label]
+                scores[label] = {}
+                for i in range(m.n_candidates):
+                    cut.add(m.edge_labels[i])
+                    scores[label][i] = score()
+                    cut.discard(m.edge_labels[i])
+                ranked = sorted(range(m.n_candidates), key=lambda i: (scores[label][i][0], -scores[label][i][1], i))
+                sample[label] = sorted(ranked[: m.n_chosen])
+                cut.update(m.edge_labels[i] for i in range(m.n_candidates) if i not in sample[label])
     finally:
         for h in hooks:
             h.remove()
-    return chosen, removals
+        supernet.train(was)
+    return sample, scores
 
 
 @pytest.mark.parametrize("edge_norm", [False, True])
-def test_inputs_are_chosen_by_the_greedy_removal_rule(edge_norm):
+@pytest.mark.parametrize("operations", [True, False])
+def test_operations_then_inputs_are_chosen_by_darts_pt_rule_in_train_mode(edge_norm, operations):
     supernet = _supernet(edge_norm)
     batches = _batches()
     by_alpha = derive_architecture(supernet)
+    state = copy.deepcopy(supernet.state_dict())
     supernet.eval()
     with torch.no_grad():
         before = supernet(batches[0][0])
-    sample, trace = select_inputs_by_perturbation(supernet, batches, by_alpha)
-    chosen, removals = _reference(supernet, batches)
+    torch.manual_seed(3)
+    sample, trace = select_by_perturbation(supernet, batches, by_alpha, operations=operations, topology=True)
+    order = trace["order"]
+    edges = sorted({m.label for m in supernet.modules() if isinstance(m, MixedOp)})
+    assert sorted(order["edges"]) == edges  # every edge, each once
+    assert set(order["nodes"]) == {"normal/input_1", "normal/input_2", "reduce/input_1", "reduce/input_2"}
+    expected, scores = _reference(supernet, batches, order["edges"], order["nodes"], operations)
 
-    assert set(trace) == set(chosen) == {"normal/input_1", "normal/input_2", "reduce/input_1", "reduce/input_2"}
-    for label, inputs in chosen.items():
-        assert sample[label] == inputs
-        assert [r["removed"] for r in trace[label]] == [i for i, _ in removals[label]]
-        for measured, (_, expected) in zip(trace[label], removals[label]):
-            for i, (acc, loss) in expected.items():
-                assert measured["without"][str(i)]["accuracy"] == pytest.approx(acc, abs=1e-12)
-                assert measured["without"][str(i)]["loss"] == pytest.approx(loss, rel=1e-9)
-    # The operations are alpha's, the nodes with nothing to choose keep theirs, the supernet is intact.
-    assert {k: v for k, v in sample.items() if "/op_" in k} == {k: v for k, v in by_alpha.items() if "/op_" in k}
-    assert sample["normal/input_0"] == by_alpha["normal/input_0"] == [0, 1]
+    assert sample == expected
+    for label, kept in (trace["nodes"]).items():
+        for i, (acc, loss) in scores[label].items():
+            assert trace["nodes"][label]["without"][str(i)]["accuracy"] == pytest.approx(acc, abs=1e-12)
+            assert trace["nodes"][label]["without"][str(i)]["loss"] == pytest.approx(loss, rel=1e-9)
+    if operations:
+        m = next(m for m in supernet.modules() if isinstance(m, MixedOp))
+        for name, measured in trace["edges"][m.label]["without"].items():
+            acc, loss = scores[m.label][m.names.index(name)]
+            assert measured["accuracy"] == pytest.approx(acc, abs=1e-12)
+            assert measured["loss"] == pytest.approx(loss, rel=1e-9)
+    else:
+        assert "edges" not in trace and {k: v for k, v in sample.items() if "/op_" in k} == \
+            {k: v for k, v in by_alpha.items() if "/op_" in k}
+    # The supernet is left as it was: weights, running statistics, no edge taken out or projected.
+    after = supernet.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in state.items())
     assert all(not m.dropped for m in supernet.modules() if isinstance(m, MixedInput))
+    assert all(m.fixed is None and not m.removed for m in supernet.modules() if isinstance(m, MixedOp))
     with torch.no_grad():
         assert torch.equal(supernet(batches[0][0]), before)
+
+
+def test_the_edge_order_is_random_and_fixed_by_the_seed():
+    supernet = _supernet(False)
+    batches = _batches()[:1]
+    orders = []
+    for seed in (0, 0, 1):
+        torch.manual_seed(seed)
+        orders.append(select_by_perturbation(supernet, batches, derive_architecture(supernet),
+                                             operations=False, topology=False)[1]["order"])
+    assert orders[0] == orders[1] and orders[0]["edges"] != orders[2]["edges"]
 
 
 def test_an_edge_the_prediction_rests_on_is_kept_where_alpha_drops_it():
@@ -115,20 +169,22 @@ def test_an_edge_the_prediction_rests_on_is_kept_where_alpha_drops_it():
     hooks = [m.register_forward_hook(lambda mod, args, out: 50 * out)
              for m in supernet.modules() if isinstance(m, MixedOp) and m.label == key]
     try:
-        # Labels: the supernet's own predictions, so an edge it needs costs accuracy when removed.
-        supernet.eval()
+        # Labels: the supernet's own predictions (train mode, as measured), so an edge it needs
+        # costs accuracy when removed.
+        supernet.train()
+        state = copy.deepcopy(supernet.state_dict())
         with torch.no_grad():
             batches = [(x, supernet(x).argmax(1)) for x, _ in _batches()]
+        supernet.load_state_dict(state)
         by_alpha = derive_architecture(supernet)
-        sample, trace = select_inputs_by_perturbation(supernet, batches, by_alpha)
+        sample, trace = select_by_perturbation(supernet, batches, by_alpha, operations=False)
     finally:
         for h in hooks:
             h.remove()
     assert 0 not in by_alpha["normal/input_2"]
     assert 0 in sample["normal/input_2"] and len(sample["normal/input_2"]) == 2
-    rounds = trace["normal/input_2"]
-    assert all(r["without"]["0"]["accuracy"] < min(v["accuracy"] for i, v in r["without"].items() if i != "0")
-               for r in rounds)
+    without = trace["nodes"]["normal/input_2"]["without"]
+    assert without["0"]["accuracy"] < min(v["accuracy"] for i, v in without.items() if i != "0")
 
 
 def test_search_with_perturbation_topology_is_recorded_and_reproducible(tiny_images):
@@ -158,70 +214,6 @@ def test_bad_topology_settings_are_refused(bad, message):
         DartsConfig(**bad)
 
 
-def _reference_ops(supernet, batches, sample):
-    """The operation rule written out independently: the edges the sample leaves out and the
-    candidate being tried are removed by forward hooks that output zeros."""
-    kept = set()
-    for m in supernet.modules():
-        if isinstance(m, MixedInput) and m.edge_labels:
-            kept.update(e for i, e in enumerate(m.edge_labels) if i in sample[m.label])
-    trying: dict[str, int] = {}
-    hooks = []
-    for m in supernet.modules():
-        if isinstance(m, MixedOp):
-            hooks.append(m.register_forward_hook(
-                lambda mod, args, out: out if mod.label in kept else torch.zeros_like(out)))
-            for i, op in enumerate(m.candidates):
-                hooks.append(op.register_forward_hook(
-                    lambda mod, args, out, label=m.label, i=i: torch.zeros_like(out) if trying.get(label) == i else out))
-
-    chosen, measured = {}, {}
-    supernet.eval()
-    try:
-        with torch.no_grad():
-            for label in sorted(kept):
-                edge = next(m for m in supernet.modules() if isinstance(m, MixedOp) and m.label == label)
-                scores = {}
-                for i, name in enumerate(edge.names):
-                    if not edge.zero[i]:
-                        trying[label] = i
-                        scores[name] = _score(supernet, batches)
-                trying.clear()
-                measured[label] = scores
-                chosen[label] = min(scores, key=lambda n: (scores[n][0], -scores[n][1], edge.names.index(n)))
-    finally:
-        for h in hooks:
-            h.remove()
-    return chosen, measured
-
-
-@pytest.mark.parametrize("edge_norm", [False, True])
-def test_operations_are_chosen_by_the_removal_rule(edge_norm):
-    supernet = _supernet(edge_norm)
-    batches = _batches()
-    sample, _ = select_inputs_by_perturbation(supernet, batches, derive_architecture(supernet))
-    supernet.eval()
-    with torch.no_grad():
-        before = supernet(batches[0][0])
-    new, trace = select_ops_by_perturbation(supernet, batches, sample)
-    chosen, measured = _reference_ops(supernet, batches, sample)
-
-    assert set(trace) == set(chosen) and len(chosen) == 2 * (2 + 2 + 2)  # two kept edges per node, 2 cells
-    for label, name in chosen.items():
-        assert new[label] == name == trace[label]["kept"]
-        for op, (acc, loss) in measured[label].items():
-            assert trace[label]["without"][op]["accuracy"] == pytest.approx(acc, abs=1e-12)
-            assert trace[label]["without"][op]["loss"] == pytest.approx(loss, rel=1e-9)
-    # Edges left out keep alpha's operation (they are not in the network); inputs are untouched;
-    # the supernet is intact afterwards.
-    assert {k: v for k, v in new.items() if "/input_" in k} == {k: v for k, v in sample.items() if "/input_" in k}
-    assert all(new[k] == sample[k] for k in new if "/op_" in k and k not in chosen)
-    assert all(not m.removed for m in supernet.modules() if isinstance(m, MixedOp))
-    assert all(not m.dropped for m in supernet.modules() if isinstance(m, MixedInput))
-    with torch.no_grad():
-        assert torch.equal(supernet(batches[0][0]), before)
-
-
 def test_an_operation_the_prediction_rests_on_is_kept_where_alpha_drops_it():
     """The case DARTS-PT's rule exists for: the candidate with the smallest alpha is the only one on
     its edge with an output, and the prediction rests on it, so it is the one the supernet cannot do
@@ -234,27 +226,27 @@ def test_an_operation_the_prediction_rests_on_is_kept_where_alpha_drops_it():
         alpha = arch_parameters(supernet)[key]
         alpha.copy_(torch.ones_like(alpha))
         alpha[conv] = -1.0  # the weakest candidate by alpha
+        # Every other edge is all but decided, so projecting it first changes nothing that matters.
+        for label, a in arch_parameters(supernet).items():
+            if label != key and "/op_" in label:
+                a[1 + int(a[1:].argmax())] = 30.0
     hooks = [op.register_forward_hook(lambda mod, args, out, keep=(i == conv): 5e4 * out if keep else 0 * out)
              for m in edges for i, op in enumerate(m.candidates)]
     sample = derive_architecture(supernet)
-    sample["normal/input_1"] = [0, 1]
-    inputs = [m for m in supernet.modules() if isinstance(m, MixedInput) and m.edge_labels]
     try:
-        # Labels: the supernet's own predictions, with the edges the sample leaves out taken out
-        # (as they are while the operations are measured).
-        supernet.eval()
-        for m in inputs:
-            m.dropped = frozenset(range(m.n_candidates)) - set(sample[m.label])
+        # Labels: the supernet's own predictions in train mode (as measured), every edge in.
+        supernet.train()
+        state = copy.deepcopy(supernet.state_dict())
         with torch.no_grad():
             batches = [(x, supernet(x).argmax(1)) for x, _ in _batches()]
-        for m in inputs:
-            m.dropped = frozenset()
-        new, trace = select_ops_by_perturbation(supernet, batches, sample)
+        supernet.load_state_dict(state)
+        new, trace = select_by_perturbation(supernet, batches, sample, topology=False)
     finally:
         for h in hooks:
             h.remove()
     assert sample[key] != "sep_conv_3x3" and new[key] == "sep_conv_3x3"
-    without = trace[key]["without"]
+    assert trace["order"]["edges"].index(key) >= 0
+    without = trace["edges"][key]["without"]
     assert without["sep_conv_3x3"]["accuracy"] < 1.0
     assert all(v["accuracy"] == 1.0 for n, v in without.items() if n != "sep_conv_3x3")
 
@@ -272,8 +264,7 @@ def test_search_with_perturbation_operations_is_recorded_and_reproducible(tiny_i
     first, second = search(), search()
     assert first.arch == second.arch
     record = first.history[-1]["perturbation"]
-    assert set(record) == {"images", "nodes", "edges", "seconds"}
-    kept = {m.edge_labels[i] for m in first.supernet.modules() if isinstance(m, MixedInput) and m.edge_labels
-            for i in first.arch[m.label]}
-    assert set(record["edges"]) == kept
+    assert set(record) == {"images", "order", "nodes", "edges", "seconds"}
+    edges = {m.label for m in first.supernet.modules() if isinstance(m, MixedOp)}
+    assert set(record["edges"]) == edges == set(record["order"]["edges"])  # every edge, operations first
     assert all(first.arch[label] == r["kept"] for label, r in record["edges"].items())

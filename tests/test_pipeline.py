@@ -75,6 +75,10 @@ def test_pipeline_end_to_end_and_resume(tmp_path):
     for img in images:
         assert (out / img).read_bytes()[:4] == b"\x89PNG"
     assert f"{accs[0]:.4f}" in page and search["best"]["trial"] in page
+    # Whether the picked search decided is in the summary, and an undecided one's warning on the page.
+    picked = json.loads((Path(search["best"]["dir"]) / "result.json").read_text())
+    assert summary["alphas decided"].startswith("yes" if picked["decided"] else "NO")
+    assert ("random draw from the space" in page) == (not picked["decided"])
 
     # A second run with the same output directory reuses every stage's files; asked for one more
     # seed, it retrains only that one, and the record of calls keeps the first call's wall time.

@@ -181,7 +181,7 @@ def test_predicted_and_measured_latency_are_reported_for_derived_networks(tmp_pa
 
 
 def test_expected_latency_is_differentiable_and_pulls_towards_fast_operations(tmp_path):
-    strategy, supernet = _supernet(latency_loss="add", latency_lambda=1.0,
+    strategy, supernet = _supernet(latency_loss="add", latency_lambda=1.0, latency_target_ms=1.0,
                                    latency_table=str(tmp_path / "t.json"))
     strategy.prepare(tiny_space("proxyless_mobile"), supernet, "cpu")
     ops, _ = strategy.gated_modules(supernet)
@@ -196,21 +196,93 @@ def test_expected_latency_is_differentiable_and_pulls_towards_fast_operations(tm
         assert torch.allclose(g, scale * p * (ms - (p * ms).sum()), atol=1e-6)
 
 
-def test_latency_forms(tmp_path):
-    strategy, supernet = _supernet(latency_loss="mul", latency_target_ms=0.5, latency_beta=0.6,
-                                   latency_table=str(tmp_path / "t.json"))
-    strategy.prepare(tiny_space("proxyless_mobile"), supernet, "cpu")
-    loss = torch.tensor(2.0)
-    lat = strategy.expected_latency(supernet).item()
-    assert strategy.latency_term(loss, supernet).item() == pytest.approx(2.0 * (lat / 0.5) ** 0.6, rel=1e-5)
+@pytest.mark.parametrize("form", ["mul", "add"])
+def test_latency_forms_are_the_references(form):
+    """ProxylessNAS's two forms with target T: ``loss * (log E / log T) ** beta`` and
+    ``loss + lambda * (E - T) / T``, values and their derivative in E written out by hand."""
+    import math
+
+    strategy, supernet = _supernet(latency_loss=form, latency_target_ms=2.0, latency_beta=0.6, latency_lambda=0.3)
+    for e_ms in (3.0, 1.5):
+        latency = torch.tensor(e_ms, dtype=torch.float64, requires_grad=True)
+        strategy.expected_latency = lambda net, latency=latency: latency
+        loss = torch.tensor(2.0, dtype=torch.float64)
+        term = strategy.latency_term(loss, supernet)
+        (d_e,) = torch.autograd.grad(term, latency)
+        if form == "mul":
+            ratio = math.log(e_ms) / math.log(2.0)
+            value, slope = 2.0 * ratio ** 0.6, 2.0 * 0.6 * ratio ** -0.4 / (e_ms * math.log(2.0))
+        else:
+            value, slope = 2.0 + 0.3 * (e_ms - 2.0) / 2.0, 0.3 / 2.0
+        assert term.item() == pytest.approx(value, rel=1e-12)
+        assert d_e.item() == pytest.approx(slope, rel=1e-9)
+
+
+def test_latency_settings_are_refused_where_the_form_is_undefined():
     with pytest.raises(ValueError, match="latency_target_ms"):
         create_strategy("proxyless", latency_loss="mul")
+    with pytest.raises(ValueError, match="latency_target_ms > 1"):
+        create_strategy("proxyless", latency_loss="mul", latency_target_ms=0.8)
+    with pytest.raises(ValueError, match="latency_target_ms"):
+        create_strategy("proxyless", latency_loss="add")
     with pytest.raises(ValueError, match="latency_loss"):
         create_strategy("proxyless", latency_loss="max")
 
 
+def test_a_choice_whose_active_path_is_none_keeps_its_alpha(tiny_images):
+    """The reference skips the update of a block whose sampled active path is the zero operation."""
+    x, y = tiny_images
+    strategy, supernet = _supernet("darts_cell")
+    names, weights, alphas = split_params(supernet)
+    state = strategy.new_state(supernet)
+    ops, _ = strategy.gated_modules(supernet)
+    label = next(lb for lb, m in ops.items() if any(m.zero))
+    m = ops[label]
+    zero, other = m.zero.index(True), m.zero.index(False)
+    original = strategy.resample
+
+    def forced(net, mode):
+        original(net, mode)
+        if mode == "arch":
+            for lb, mod in ops.items():  # every choice: the zero path active where it has one
+                z = mod.zero.index(True) if any(mod.zero) else 0
+                o = next(k for k in range(len(mod.names)) if k != z)
+                strategy.sampler.ops[lb] = (z, o, 0) if lb == label else (o, z, 0)
+
+    strategy.resample = forced
+    before = {lb: mod.alpha.detach().clone() for lb, mod in ops.items()}
+    strategy.arch_step(state, (x[:8], y[:8]), (x[8:16], y[8:16]), "test")
+    assert torch.equal(m.alpha.detach(), before[label])
+    moved = [lb for lb, mod in ops.items() if lb != label and not torch.equal(mod.alpha.detach(), before[lb])]
+    assert moved  # the others, active on a real operation, were updated
+    assert zero != other
+
+
+def test_health_monitor_reads_the_gates(tiny_images):
+    """alpha_entropy and normal_skips are those of the gates' alphas, computed here by hand."""
+    import math
+
+    from nni_visplugin.nas.health import alpha_entropy, count_skips
+
+    strategy, supernet = _supernet("darts_cell")
+    ops, inputs = strategy.gated_modules(supernet)
+    assert alpha_entropy(supernet) == pytest.approx(1.0)  # uniform at the start
+    with torch.no_grad():
+        for m in ops.values():
+            m.alpha.copy_(torch.arange(len(m.names), dtype=m.alpha.dtype))
+            m.alpha[m.names.index("skip_connect")] = len(m.names) + 1.0
+    expected = []
+    for m in ops.values():
+        p = torch.softmax(m.alpha.detach().double(), 0)
+        expected.append(float(-(p * p.log()).sum()) / math.log(len(p)))
+    assert alpha_entropy(supernet) == pytest.approx(sum(expected) / len(expected), rel=1e-5)
+    arch = strategy.derive(supernet)
+    kept = sum(len(arch[lb]) for lb in inputs if lb.startswith("normal/"))
+    assert kept > 0 and count_skips(supernet, arch) == kept  # every kept normal-cell edge is a skip
+
+
 def test_latency_loss_moves_the_derived_network_under_the_target(tmp_path, tiny_images):
-    """With nothing to learn but latency, the multiplicative loss drives the derived network's
+    """With nothing to learn but latency, the latency loss drives the derived network's
     predicted latency under the target; without it, nothing pulls it there."""
     from nni_visplugin import create_space
 
@@ -224,10 +296,10 @@ def test_latency_loss_moves_the_derived_network_under_the_target(tmp_path, tiny_
     slowest = table.fixed_ms + table.scale * sum(max(e["ms"].values()) for e in table.entries)
     target = fastest + 0.15 * (slowest - fastest)
     results = {}
-    for loss in ("none", "mul"):
+    for loss in ("none", "add"):
         torch.manual_seed(0)
         strategy = create_strategy("proxyless", epochs=8, arch_lr=0.2, latency_loss=loss, latency_target_ms=target,
-                                   latency_beta=3.0, latency_table=table_path, latency_rebuild="never")
+                                   latency_lambda=5.0, latency_table=table_path, latency_rebuild="never")
         outcome = strategy.search(create_space("proxyless_mobile", **kwargs), *loaders)
         results[loss] = table.predict(outcome.arch)
-    assert results["mul"] <= target < results["none"], (results, target, fastest, slowest)
+    assert results["add"] <= target < results["none"], (results, target, fastest, slowest)

@@ -39,6 +39,10 @@ def test_search_writes_arch_alphas_and_result(search_dir):
     assert result["space"] == "darts_cell" and result["space_kwargs"]["width"] == 4
     assert 0.0 <= result["val_accuracy"] <= 1.0
     alphas = json.loads((search_dir / "alphas.json").read_text())
+    assert result["alpha_entropy"] == alphas[-1]["alpha_entropy"]
+    assert result["decided"] == (result["alpha_entropy"] < result["entropy_threshold"])
+    assert (result["warning"] is None) == result["decided"]
+    alphas = json.loads((search_dir / "alphas.json").read_text())
     assert [h["epoch"] for h in alphas] == [0, 1]
     assert "normal/op_0_0" in alphas[0]["alphas"]
     for h in alphas:  # the health monitor's record of each epoch

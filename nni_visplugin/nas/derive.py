@@ -1,11 +1,12 @@
 """Derivation: from a relaxed supernet to a discrete architecture.
 
-:func:`derive_architecture` is DARTS's rule (section 2.4); the two ``select_*_by_perturbation``
-functions are DARTS-PT's selection (Wang et al., ICLR 2021), which measures what the supernet
-loses without each candidate instead of reading its alpha.
+:func:`derive_architecture` is DARTS's rule (section 2.4); :func:`select_by_perturbation` is
+DARTS-PT's selection (Wang et al., ICLR 2021), which measures what the supernet loses without each
+candidate instead of reading its alpha.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Sequence
 
 import torch
@@ -14,7 +15,7 @@ import torch.nn.functional as F
 
 from nni_visplugin.nas.relax import MixedInput, MixedOp, mixed_modules
 
-__all__ = ["derive_architecture", "select_inputs_by_perturbation", "select_ops_by_perturbation"]
+__all__ = ["derive_architecture", "select_by_perturbation"]
 
 
 def _best_op(op: MixedOp) -> tuple[Any, float]:
@@ -63,96 +64,51 @@ def _accuracy_and_loss(supernet: nn.Module,
     return correct / total, loss / total
 
 
-@torch.no_grad()
-def select_inputs_by_perturbation(supernet: nn.Module, batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
-                                  sample: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Choose every node's incoming edges by how much the supernet needs them (perturbation).
-
-    The topology selection of DARTS-PT (Wang et al., "Rethinking Architecture Selection in
-    Differentiable NAS", ICLR 2021, section 4 and Algorithm 2), without its fine-tuning between
-    decisions: node by node, the incoming edge whose removal leaves the supernet's accuracy on
-    ``batches`` highest (ties: lowest loss, then the later edge) is removed, again and again until
-    ``n_chosen`` edges are left; removed edges stay removed while the later nodes are decided.
-    Only ``InputChoice`` nodes whose candidates are edges (``edge_labels``) are decided here; every
-    other entry of ``sample`` (the operations, chosen by alpha) is kept. Returns the new sample and
-    what was measured: per node, per round, the accuracy and loss without each remaining edge.
-    """
-    nodes: dict[str, list[MixedInput]] = {}  # every module of a label: the cells of one kind share it
-    for m in supernet.modules():
-        if isinstance(m, MixedInput) and m.edge_labels and m.n_candidates > m.n_chosen:
-            nodes.setdefault(m.label, []).append(m)
+@contextlib.contextmanager
+def _measuring(supernet: nn.Module):
+    """The supernet in train mode, so batch norm normalises with the batch's statistics as the
+    reference measures (with running statistics, removing an edge would also shift every batch norm
+    downstream); its running statistics and batch counters are restored afterwards, and so is
+    every candidate and edge taken out or projected."""
+    norms = [m for m in supernet.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [{k: b.clone() for k, b in m.named_buffers(recurse=False)} for m in norms]
     was_training = supernet.training
-    supernet.eval()
-
-    def drop(modules: list[MixedInput], edges: frozenset[int]) -> None:
-        for m in modules:
-            m.dropped = edges
-
-    sample = dict(sample)
-    trace: dict[str, Any] = {}
+    supernet.train()
     try:
-        for label, modules in nodes.items():
-            n, keep = modules[0].n_candidates, modules[0].n_chosen
-            dropped: frozenset[int] = frozenset()
-            rounds = []
-            while n - len(dropped) > keep:
-                scores = {}
-                for i in range(n):
-                    if i not in dropped:
-                        drop(modules, dropped | {i})
-                        scores[i] = _accuracy_and_loss(supernet, batches)
-                removed = max(scores, key=lambda i: (scores[i][0], -scores[i][1], i))
-                rounds.append({"without": {str(i): {"accuracy": a, "loss": lo} for i, (a, lo) in scores.items()},
-                               "removed": removed})
-                dropped = dropped | {removed}
-            drop(modules, dropped)
-            sample[label] = sorted(set(range(n)) - dropped)
-            trace[label] = rounds
+        yield
     finally:
-        for modules in nodes.values():
-            drop(modules, frozenset())
+        for m, buffers in zip(norms, saved):
+            for k, b in m.named_buffers(recurse=False):
+                b.copy_(buffers[k])
+        for m in supernet.modules():
+            if isinstance(m, MixedOp):
+                m.removed, m.fixed = frozenset(), None
+            elif isinstance(m, MixedInput):
+                m.dropped = frozenset()
         supernet.train(was_training)
-    return sample, trace
 
 
-@torch.no_grad()
-def select_ops_by_perturbation(supernet: nn.Module, batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
-                               sample: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Choose the operation of every kept edge by how much the supernet needs it (perturbation).
-
-    The operation selection of DARTS-PT (Wang et al., ICLR 2021, section 4, Algorithm 1), without
-    its fine-tuning between decisions: on each edge the operation whose removal costs the supernet
-    the most accuracy on ``batches`` is kept (ties: the highest loss, then the first candidate),
-    not the one with the largest alpha, which the paper shows favours parameter-free operations.
-    The nodes' inputs are those of ``sample`` (decided before, by alpha or by
-    :func:`select_inputs_by_perturbation`), and the edges they leave out stay out while the
-    operations are measured; only the edges kept are decided. Returns the new sample and what was
-    measured: per edge, the accuracy and loss without each candidate.
-    """
-    edges: dict[str, list[MixedOp]] = {}
+def _by_label(supernet: nn.Module, kind: type) -> dict[str, list]:
+    """Every module of ``kind`` by label (the cells of one type share their labels)."""
+    found: dict[str, list] = {}
     for m in supernet.modules():
-        if isinstance(m, MixedOp):
-            edges.setdefault(m.label, []).append(m)
-    kept, referenced = set(), set()
-    drops: list[tuple[MixedInput, frozenset[int]]] = []
-    for m in supernet.modules():
-        if isinstance(m, MixedInput) and m.edge_labels:
-            chosen = set(sample[m.label])
-            referenced.update(m.edge_labels)
-            kept.update(e for i, e in enumerate(m.edge_labels) if i in chosen)
-            drops.append((m, frozenset(range(m.n_candidates)) - chosen))
-    decide = [label for label in edges if label in kept or label not in referenced]
-    was_training = supernet.training
-    supernet.eval()
+        if isinstance(m, kind):
+            found.setdefault(m.label, []).append(m)
+    return found
 
-    sample = dict(sample)
+
+def _project_operations(supernet: nn.Module, batches: Sequence, sample: dict[str, Any], measure: bool,
+                        order: list[str], edges: dict[str, list[MixedOp]]) -> dict[str, Any]:
+    """Project every edge onto one operation, edge by edge in ``order``; decided edges stay projected.
+
+    With ``measure``, the operation kept is the one whose removal costs the supernet the most
+    accuracy (ties: the highest loss, then the first candidate); otherwise it is ``sample``'s."""
     trace: dict[str, Any] = {}
-    try:
-        for m, dropped in drops:
-            m.dropped = dropped
-        for label in decide:
-            modules = edges[label]
-            scores = {}
+    for label in order:
+        modules = edges[label]
+        names = modules[0].names
+        scores = {}
+        if measure:
             for i, zero in enumerate(modules[0].zero):
                 if zero:
                     continue
@@ -162,16 +118,66 @@ def select_ops_by_perturbation(supernet: nn.Module, batches: Sequence[tuple[torc
             for m in modules:
                 m.removed = frozenset()
             if len(scores) > 1:  # an edge with a single non-zero candidate keeps it
-                best = min(scores, key=lambda i: (scores[i][0], -scores[i][1], i))
-                sample[label] = modules[0].names[best]
-            trace[label] = {"without": {str(modules[0].names[i]): {"accuracy": a, "loss": lo}
-                                        for i, (a, lo) in scores.items()},
+                sample[label] = names[min(scores, key=lambda i: (scores[i][0], -scores[i][1], i))]
+            trace[label] = {"without": {str(names[i]): {"accuracy": a, "loss": lo} for i, (a, lo) in scores.items()},
                             "kept": str(sample[label])}
-    finally:
-        for m, _ in drops:
-            m.dropped = frozenset()
-        for modules in edges.values():
+        for m in modules:
+            m.fixed = names.index(sample[label])
+    return trace
+
+
+def _project_inputs(supernet: nn.Module, batches: Sequence, sample: dict[str, Any], order: list[str],
+                    nodes: dict[str, list[MixedInput]]) -> dict[str, Any]:
+    """Node by node in ``order``: the ``n_chosen`` incoming edges whose removal (one at a time) costs
+    the supernet the most accuracy are kept (ties: the highest loss, then the earlier edge); the
+    others stay removed while later nodes are decided."""
+    trace: dict[str, Any] = {}
+    for label in order:
+        modules = nodes[label]
+        n, keep = modules[0].n_candidates, modules[0].n_chosen
+        scores = {}
+        for i in range(n):
             for m in modules:
-                m.removed = frozenset()
-        supernet.train(was_training)
+                m.dropped = frozenset({i})
+            scores[i] = _accuracy_and_loss(supernet, batches)
+        kept = sorted(sorted(range(n), key=lambda i: (scores[i][0], -scores[i][1], i))[:keep])
+        for m in modules:
+            m.dropped = frozenset(range(n)) - set(kept)
+        sample[label] = kept
+        trace[label] = {"without": {str(i): {"accuracy": a, "loss": lo} for i, (a, lo) in scores.items()},
+                        "kept": kept}
+    return trace
+
+
+def _shuffled(labels: list[str]) -> list[str]:
+    return [labels[i] for i in torch.randperm(len(labels)).tolist()]
+
+
+@torch.no_grad()
+def select_by_perturbation(supernet: nn.Module, batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
+                           sample: dict[str, Any], *, operations: bool = True,
+                           topology: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
+    """DARTS-PT's selection (Wang et al., "Rethinking Architecture Selection in Differentiable NAS",
+    ICLR 2021, section 4, Algorithms 1 and 2), without its fine-tuning between decisions.
+
+    First the operations: every edge, in a random order (the global torch generator), is projected
+    onto one operation: with ``operations``, the one whose removal costs the supernet the most
+    accuracy on ``batches`` (the paper shows alpha favours parameter-free operations), otherwise
+    ``sample``'s; projected edges run that operation alone. Then, with ``topology``, every node whose
+    inputs are edges (``edge_labels``), in a random order, keeps the ``n_chosen`` edges whose removal
+    costs the most. The supernet is measured in train mode (batch statistics), and left as it was.
+    Returns the new sample and what was measured (the order, and per edge and node the accuracy and
+    loss without each candidate).
+    """
+    edges = _by_label(supernet, MixedOp)
+    nodes = {k: v for k, v in _by_label(supernet, MixedInput).items()
+             if v[0].edge_labels and v[0].n_candidates > v[0].n_chosen}
+    sample = dict(sample)
+    trace: dict[str, Any] = {"order": {"edges": _shuffled(list(edges)), "nodes": _shuffled(list(nodes))}}
+    with _measuring(supernet):
+        projected = _project_operations(supernet, batches, sample, operations, trace["order"]["edges"], edges)
+        if operations:
+            trace["edges"] = projected
+        if topology:
+            trace["nodes"] = _project_inputs(supernet, batches, sample, trace["order"]["nodes"], nodes)
     return sample, trace

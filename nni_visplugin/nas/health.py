@@ -1,4 +1,8 @@
-"""Health metrics of a search: how decided the alphas are, and the skip connections DARTS collapses on."""
+"""Health metrics of a search: how decided the alphas are, and the skip connections DARTS collapses on.
+
+They read any relaxation (DARTS's mixed operations, ProxylessNAS's gates) through the choice modules
+of :mod:`nni_visplugin.nas.relax`.
+"""
 from __future__ import annotations
 
 import math
@@ -7,15 +11,20 @@ from typing import Any
 import torch.nn as nn
 import torch.nn.functional as F
 
-from nni_visplugin.nas.relax import mixed_modules
+from nni_visplugin.nas.relax import input_choices, op_choices
 
-__all__ = ["op_alphas", "alpha_entropy", "count_skips"]
+__all__ = ["op_alphas", "alpha_entropy", "count_skips", "decision", "UNDECIDED_ENTROPY", "UNDECIDED"]
+
+# A search whose operations' mean normalised alpha entropy ends at or above this is undecided: its
+# strongest operations barely stand out, and the derived cell is close to a random draw. The level
+# comes from the search-quality benchmark (BENCHMARKS.md, "Search quality on ground truth").
+UNDECIDED_ENTROPY = 0.9
+UNDECIDED = "the derived architecture is close to a random draw from the space"
 
 
 def op_alphas(supernet: nn.Module) -> list[nn.Parameter]:
     """The operation parameters (one per LayerChoice label), without edge-normalisation ones."""
-    ops, _ = mixed_modules(supernet)
-    return [op.alpha for op in ops.values()]
+    return [m.alpha for m in op_choices(supernet).values()]
 
 
 def alpha_entropy(supernet: nn.Module) -> float:
@@ -30,12 +39,22 @@ def alpha_entropy(supernet: nn.Module) -> float:
 def count_skips(supernet: nn.Module, arch: dict[str, Any], cell: str = "normal", skip: str = "skip_connect") -> int:
     """Skip connections among the kept edges of the derived ``cell`` cell (all cells if the space
     names none), the quantity DARTS collapses on (DARTS+, Liang et al. 2019)."""
-    ops, inputs = mixed_modules(supernet)
+    ops = op_choices(supernet)
     in_cell = [label for label in ops if label.startswith(f"{cell}/")] or list(ops)
     kept: set[str] = set()
     covered: set[str] = set()
-    for label, m in inputs.items():
-        if m.edge_labels:
-            covered.update(m.edge_labels)
-            kept.update(m.edge_labels[i] for i in arch.get(label, []))
+    for label, m in input_choices(supernet).items():
+        edges = getattr(m, "edge_labels", None)
+        if edges:
+            covered.update(edges)
+            kept.update(edges[i] for i in arch.get(label, []))
     return sum(1 for label in in_cell if arch.get(label) == skip and (label in kept or label not in covered))
+
+
+def decision(entropy: float, threshold: float = UNDECIDED_ENTROPY) -> dict[str, Any]:
+    """Whether a search ended decided: its final ``alpha_entropy`` against ``threshold``, with the
+    warning an undecided one carries (``None`` when decided)."""
+    decided = entropy < threshold
+    warning = None if decided else (f"undecided search: the operations' alphas end at a mean normalised entropy of "
+                                    f"{entropy:.3f} (1 = uniform; decided below {threshold}); {UNDECIDED}")
+    return {"alpha_entropy": float(entropy), "decided": decided, "entropy_threshold": threshold, "warning": warning}

@@ -19,10 +19,12 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from nni.nas.nn.pytorch import InputChoice, LayerChoice
 
+from nni_visplugin.spaces.ops import FactorizedReduce
+
 __all__ = ["reject_unsupported_hook", "ChoiceModule", "choice_modules", "MixedOp", "MixedInput", "mixed_op_hook",
            "mixed_input_hook", "mixed_modules", "arch_parameters", "alpha_snapshot", "is_zero_op", "channel_shuffle",
            "scaled_batch_norm", "enable_partial_channels", "enable_edge_normalization", "enable_checkpointing",
-           "set_aux_skip"]
+           "set_aux_skip", "enable_aux_reduce", "op_choices", "input_choices", "learnable_candidates"]
 
 
 def is_zero_op(module: nn.Module) -> bool:
@@ -42,6 +44,7 @@ class ChoiceModule(nn.Module):
     label: str
     names: list
     alpha: nn.Parameter | None
+    kind: str = "op"  # "op": one of operations (a LayerChoice); "input": of inputs (an InputChoice)
 
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
@@ -59,8 +62,10 @@ class MixedOp(ChoiceModule):
       first 1/K of the channels only; the rest bypass the edge (max-pooled on a reduction edge) and
       the two parts are concatenated and channel-shuffled. Set by :meth:`make_partial`.
     - ``aux_skip`` = beta > 0 (DARTS-, Chu et al., ICLR 2021): ``beta * x`` is added to a
-      shape-preserving edge, so skip connections no longer need alpha to carry the gradient; the
-      strategy decays beta to 0 over the search.
+      shape-preserving edge and ``beta * FactorizedReduce(x)`` to a stride-2 edge (its own
+      affine-free reduction, ``aux_reduce``, set by :func:`enable_aux_reduce`), so skip
+      connections no longer need alpha to carry the gradient; the strategy decays beta to 0 over
+      the search.
     - ``checkpoint`` = True (memory-lean): the candidates' intermediate activations are not kept
       for the backward pass but recomputed in it (activation checkpointing), so an edge holds only
       its input and output. The same values and gradients; batch-norm running statistics are
@@ -94,6 +99,9 @@ class MixedOp(ChoiceModule):
         self.checkpoint = False
         # Candidates taken out of the edge (perturbation-based selection): they add nothing.
         self.removed: frozenset[int] = frozenset()
+        # A candidate the edge is projected onto (perturbation-based selection): it alone runs, at weight 1.
+        self.fixed: int | None = None
+        self.aux_reduce: nn.Module | None = None
 
     def make_partial(self, k: int, channels: int) -> None:
         """Rebuild the candidates at ``channels // k`` channels (they must offer ``at_width``)."""
@@ -115,7 +123,7 @@ class MixedOp(ChoiceModule):
         out = None
         relu = None
         for i, op in enumerate(self.candidates):
-            if self.zero[i] or i in self.removed:
+            if self.zero[i] or i in self.removed or (self.fixed is not None and i != self.fixed):
                 continue
             chain = _unrolled(op) if self.fused else None
             if chain is None:  # the reference, or not a plain chain (or hooked): run it whole
@@ -138,6 +146,8 @@ class MixedOp(ChoiceModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weights()
+        if self.fixed is not None:
+            w = F.one_hot(torch.tensor(self.fixed, device=w.device), len(w)).to(w.dtype)
         k = self.partial
         part = x[:, : x.shape[1] // k] if k > 1 else x
         if self.checkpoint and self.training and torch.is_grad_enabled():
@@ -150,8 +160,11 @@ class MixedOp(ChoiceModule):
             if rest.shape[2:] != out.shape[2:]:  # a reduction edge: the bypass halves its resolution too
                 rest = F.max_pool2d(rest, 2, 2, ceil_mode=True)
             out = channel_shuffle(torch.cat([out, rest], dim=1), k)
-        if self.aux_skip and out.shape == x.shape:
-            out = out + self.aux_skip * x
+        if self.aux_skip:
+            if out.shape == x.shape:
+                out = out + self.aux_skip * x
+            elif self.aux_reduce is not None:
+                out = out + self.aux_skip * self.aux_reduce(x)
         return out
 
 
@@ -191,6 +204,8 @@ def scaled_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, scale: torch.Tensor) 
 
 
 class MixedInput(ChoiceModule):
+    kind = "input"
+
     """Relaxation of an ``InputChoice`` (``reduction='sum'`` or ``'mean'``).
 
     With ``edge_labels`` (each candidate input is the output of a ``LayerChoice``), the node is the
@@ -356,5 +371,46 @@ def set_aux_skip(supernet: nn.Module, beta: float) -> None:
     for m in supernet.modules():
         if isinstance(m, MixedOp):
             m.aux_skip = float(beta)
+
+
+def _reduces(op: MixedOp) -> bool:
+    """Whether the edge halves the resolution (a candidate with stride 2 or a factorised reduction)."""
+    for cand in op.candidates:
+        for sub in cand.modules():
+            stride = getattr(sub, "stride", 1)
+            stride = stride[0] if isinstance(stride, (tuple, list)) else stride
+            if type(sub).__name__ == "FactorizedReduce" or (stride or 1) > 1:
+                return True
+    return False
+
+
+def enable_aux_reduce(supernet: nn.Module) -> None:
+    """DARTS-: every stride-2 edge gets the affine-free ``FactorizedReduce`` its auxiliary skip runs
+    (trained with the weights), as the reference does where ``beta * x`` cannot be added."""
+    for m in supernet.modules():
+        if isinstance(m, MixedOp) and m.aux_reduce is None and _reduces(m):
+            c = _channels_of(m) * m.partial
+            m.aux_reduce = FactorizedReduce(c, c, affine=False)
+
+
+def op_choices(supernet: nn.Module) -> dict[str, ChoiceModule]:
+    """The first relaxed choice of operations of every label (any relaxation: mixed or gated)."""
+    return {label: m for label, m in choice_modules(supernet).items() if m.kind == "op"}
+
+
+def input_choices(supernet: nn.Module) -> dict[str, ChoiceModule]:
+    """The first relaxed choice of inputs of every label, with or without its own parameter."""
+    found: dict[str, ChoiceModule] = {}
+    for m in supernet.modules():
+        if isinstance(m, ChoiceModule) and m.kind == "input":
+            found.setdefault(m.label, m)
+    return found
+
+
+def learnable_candidates(supernet: nn.Module) -> dict[str, list[int]]:
+    """Per choice of operations, the candidates with parameters (the "learnable operations" DARTS+
+    ranks: convolutions, not pools, skips or none)."""
+    return {label: [i for i, c in enumerate(m.candidates) if any(True for _ in c.parameters())]
+            for label, m in op_choices(supernet).items()}
 
 

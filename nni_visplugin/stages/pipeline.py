@@ -234,10 +234,16 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     comparison, mean, spread = _comparison(cfg, runs)
     summary = _summary(cfg, search, runs, mean, spread, started)
     history = json.loads((Path(best["dir"]) / "alphas.json").read_text())
+    picked = json.loads((Path(best["dir"]) / "result.json").read_text())
+    if "decided" in picked:
+        summary["alphas decided"] = (f"{'yes' if picked['decided'] else 'NO'} (entropy {picked['alpha_entropy']:.3f}, "
+                                     f"decided below {picked['entropy_threshold']})")
+    if picked.get("warning"):
+        print(f"warning: the picked search is {picked['warning']}", flush=True)
     arch, _, _ = read_search(best["dir"], hint="search.json's best trial must be a search output directory")
     report = write_report(out, title=f"nni-visplugin pipeline: {cfg.source.name if cfg.source else out.name}",
                           summary=summary, trials=search["trials"], history=history, arch=arch, runs=runs,
-                          comparison=comparison)
+                          comparison=comparison, warning=picked.get("warning"))
     result = {"summary": summary, "runs": runs, "exports": exports, "comparison": comparison, "report": str(report),
               "calls": _calls(cfg, started, searched, fresh_seeds)}
     write_json(out / "pipeline.json", result)

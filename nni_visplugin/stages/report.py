@@ -43,7 +43,8 @@ def _save(fig, path: Path) -> Path:
 
 # ---------------------------------------------------------------------- figures
 def plot_alpha_evolution(history: Sequence[dict[str, Any]], path: Path, prefix: str = "") -> Path | None:
-    """One panel per edge: the softmax weight of every operation after each search epoch."""
+    """One panel per edge: the softmax weight of every operation after each search epoch, every panel
+    on the same 0-1 scale with the uniform weight 1/n dashed, so an undecided search looks undecided."""
     labels = sorted({label for r in history for label in r.get("alphas", {}) if label.startswith(prefix)},
                     key=_natural)
     labels = [lb for lb in labels if len(history[-1]["alphas"].get(lb, {}).get("names", [])) > 1]
@@ -52,13 +53,15 @@ def plot_alpha_evolution(history: Sequence[dict[str, Any]], path: Path, prefix: 
     plt = _plt()
     cols = min(5, len(labels))
     rows = math.ceil(len(labels) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.1 * cols, 2.3 * rows), squeeze=False, sharex=True)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.1 * cols, 2.3 * rows), squeeze=False, sharex=True, sharey=True)
     epochs = [r["epoch"] + 1 for r in history]
     names = history[-1]["alphas"][labels[0]]["names"]
     for ax, label in zip(axes.flat, labels):
         entry_names = history[-1]["alphas"][label]["names"]
         for k, name in enumerate(entry_names):
             ax.plot(epochs, [r["alphas"][label]["softmax"][k] for r in history], label=str(name), lw=1.2)
+        ax.axhline(1 / len(entry_names), color="grey", ls="--", lw=0.8)
+        ax.set_ylim(0, 1)
         chosen = history[-1].get("arch", {}).get(label)
         ax.set_title(f"{label}" + (f"\n-> {chosen}" if chosen is not None else ""), fontsize=7)
         ax.tick_params(labelsize=6)
@@ -71,7 +74,7 @@ def plot_alpha_evolution(history: Sequence[dict[str, Any]], path: Path, prefix: 
     elif len(names) <= 12:
         fig.legend(handles, legend_labels, loc="upper center", ncol=min(len(names), 6), fontsize=7, frameon=False,
                    bbox_to_anchor=(0.5, 0.0))
-    fig.suptitle("softmax(alpha) per edge over the search epochs", fontsize=9)
+    fig.suptitle("softmax(alpha) per edge over the search epochs (dashed: uniform)", fontsize=9)
     return _save(fig, path)
 
 
@@ -184,12 +187,13 @@ def _table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]]) -
 
 def write_report(out_dir: str | Path, *, title: str, summary: dict[str, Any], trials: Sequence[dict[str, Any]],
                  history: Sequence[dict[str, Any]], arch: dict[str, Any], runs: Sequence[dict[str, Any]],
-                 comparison: Sequence[dict[str, Any]]) -> Path:
+                 comparison: Sequence[dict[str, Any]], warning: str | None = None) -> Path:
     """Write ``out_dir/report.html`` and ``out_dir/figures/*.png``; returns the page's path.
 
     ``trials``: one row per search (``trial``, ``val_accuracy``, ``num_params``, ``tuned``);
     ``history``: the picked search's per-epoch records (``alphas.json``); ``runs``: the retrained
-    models' ``metrics.json``; ``comparison``: rows of ``model``, ``test_accuracy``, ``params``, ``note``.
+    models' ``metrics.json``; ``comparison``: rows of ``model``, ``test_accuracy``, ``params``, ``note``;
+    ``warning``: shown first, under the title (an undecided search).
     """
     out = Path(out_dir)
     fig_dir = out / "figures"
@@ -206,6 +210,8 @@ def write_report(out_dir: str | Path, *, title: str, summary: dict[str, Any], tr
     if history and not any(p for name, p in figures if name.startswith("Alpha")):
         figures.insert(1, ("Alpha evolution", plot_alpha_evolution(history, fig_dir / "alphas.png")))
     parts = [f"<h1>{html.escape(title)}</h1>",
+             *([f"<p class=\"warning\"><strong>Warning:</strong> the picked search is {html.escape(warning)}.</p>"]
+               if warning else []),
              "<h2>Summary</h2>", _table([{"key": k, "value": v} for k, v in summary.items()],
                                         [("key", ""), ("value", "")]),
              "<h2>Final metrics (test split, measured once at the end of each retraining)</h2>",
@@ -226,7 +232,8 @@ def write_report(out_dir: str | Path, *, title: str, summary: dict[str, Any], tr
     parts.append("<h2>Derived architecture</h2><pre>" + html.escape(json.dumps(arch, indent=1)) + "</pre>")
     style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
              "table{border-collapse:collapse;margin:0.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;"
-             "font-size:13px;text-align:left}img{max-width:100%;border:1px solid #eee}")
+             "font-size:13px;text-align:left}img{max-width:100%;border:1px solid #eee}"
+             ".warning{background:#fff3cd;border:1px solid #e0b100;padding:0.6em}")
     page = (f"<!doctype html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
             f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")
     path = out / "report.html"

@@ -106,7 +106,8 @@ def run_search(config: SearchConfig, out_dir: str | os.PathLike, *,
     ``final_epochs`` on the training split, measured on the validation split),
     ``supernet_val_accuracy``, ``input_shape`` [C, H, W], ``num_classes``, the space with its
     search and final keyword arguments, the strategy with its settings, the full configuration,
-    the seed, parameter count and wall times.
+    the seed, parameter count and wall times, and how decided the alphas ended (``alpha_entropy``,
+    ``decided``, ``entropy_threshold`` and ``warning``, set when the search ended undecided).
     """
     started = time.time()
     out = Path(out_dir)
@@ -132,6 +133,7 @@ def run_search(config: SearchConfig, out_dir: str | os.PathLike, *,
         "num_params": sum(p.numel() for p in model.parameters()), "search_seconds": search_seconds,
         "final_train_seconds": final_seconds, "wall_seconds": time.time() - started, "device": str(device),
         "torch_version": torch.__version__, **_latency_report(outcome, config.space, search_kwargs, s, device),
+        **outcome.decision,
     }
     write_json(out / "result.json", result)
     _logger.info("derived architecture: val_accuracy %.4f with %d parameters; files in %s",

@@ -24,8 +24,8 @@ import torch.nn as nn
 from nni_visplugin.config.fields import setting, validate
 from nni_visplugin.data.loader import bilevel_halves
 from nni_visplugin.nas.fastconv import enable_fast_depthwise
-from nni_visplugin.nas.health import alpha_entropy, count_skips
-from nni_visplugin.nas.relax import alpha_snapshot, arch_parameters, reject_unsupported_hook
+from nni_visplugin.nas.health import alpha_entropy, count_skips, decision
+from nni_visplugin.nas.relax import alpha_snapshot, arch_parameters, learnable_candidates, reject_unsupported_hook
 from nni_visplugin.nas.strategies import _nni
 from nni_visplugin.nas.training import check_finite, evaluate, memory_format, to_layout
 from nni_visplugin.utils.checkpoints import CheckpointError, SearchCheckpoints
@@ -65,8 +65,8 @@ class OneShotConfig:
     # Health monitor: every epoch records the operations' normalised alpha entropy and the skip
     # connections kept in the derived normal cell. early_stop ends the search on a rule of DARTS+
     # (Liang et al. 2019): "skips" once the normal cell keeps early_stop_skips skip connections
-    # (criterion 1), "stable" once the ranking of every edge's operations has not changed for
-    # early_stop_patience epochs (criterion 2).
+    # (criterion 1), "stable" once the ranking of every edge's learnable operations (those with
+    # parameters) has not changed for early_stop_patience epochs (criterion 2).
     early_stop: str = setting("none", "early-stop rule of DARTS+", choices=EARLY_STOP_RULES)
     early_stop_skips: int = setting(2, "'skips': skip connections in the normal cell that stop", at_least=1)
     early_stop_patience: int = setting(10, "'stable': epochs of an unchanged ranking that stop", at_least=1)
@@ -87,6 +87,8 @@ class SearchOutcome:
     history: list[dict[str, Any]] = field(default_factory=list)
     supernet: nn.Module | None = None
     latency_table: Any = None  # set by strategies that search against a latency lookup table
+    # How decided the alphas ended (nni_visplugin.nas.health.decision), with the warning of an undecided search.
+    decision: dict[str, Any] = field(default_factory=dict)
 
     @property
     def last_val_accuracy(self) -> float | None:
@@ -156,6 +158,7 @@ class BilevelStrategy(_nni.Strategy):
         self.config = self.config_class(**kwargs)
         self.outcome: SearchOutcome | None = None
         self.history: list[dict[str, Any]] = []
+        self._learnable: dict[str, list[int]] = {}  # per choice of operations: the candidates DARTS+ ranks
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in asdict(self.config).items())
@@ -204,6 +207,7 @@ class BilevelStrategy(_nni.Strategy):
         supernet = self.build_supernet(model_space).to(device, memory_format=memory_format(device))
         self.prepare(model_space, supernet, device)
         state = self.new_state(supernet)
+        self._learnable = learnable_candidates(supernet)
         self.history = state.history
         checkpoints = SearchCheckpoints(checkpoint_dir) if checkpoint_dir is not None else None
         fingerprint = self._fingerprint(model_space)
@@ -224,6 +228,10 @@ class BilevelStrategy(_nni.Strategy):
                 _logger.warning("%s: stopping early after epoch %d: %s", self.name, epoch + 1, stop)
                 break
         self.outcome = self.finalize(state, train_a, device)
+        if state.history:
+            self.outcome.decision = decision(state.history[-1]["alpha_entropy"])
+            if self.outcome.decision["warning"]:
+                _logger.warning("%s: %s", self.name, self.outcome.decision["warning"])
         return self.outcome
 
     def _run_epoch(self, state: BilevelState, train_w: Iterable, train_a: Iterable, val: Iterable | None,
@@ -295,9 +303,9 @@ class BilevelStrategy(_nni.Strategy):
             return (f"{moving[-1]['normal_skips']} skip connections in the normal cell "
                     f"(rule: skips >= {cfg.early_stop_skips})")
         if cfg.early_stop == "stable" and len(moving) > cfg.early_stop_patience:
-            def ranking(record):
-                return {label: sorted(range(len(v["alpha"])), key=lambda i: -v["alpha"][i])
-                        for label, v in record["alphas"].items()}
+            def ranking(record):  # of the learnable operations only; edge-normalisation weights aside
+                return {label: sorted(keep, key=lambda i: -record["alphas"][label]["alpha"][i])
+                        for label, keep in self._learnable.items() if label in record["alphas"]}
             last = moving[-cfg.early_stop_patience - 1:]
             if all(ranking(r) == ranking(last[0]) for r in last[1:]):
                 return f"the operations' ranking unchanged for {cfg.early_stop_patience} epochs"

@@ -23,11 +23,11 @@ import torch.nn as nn
 from torch.func import functional_call
 
 from nni_visplugin.config.fields import setting
-from nni_visplugin.nas.derive import derive_architecture, select_inputs_by_perturbation, select_ops_by_perturbation
+from nni_visplugin.nas.derive import derive_architecture, select_by_perturbation
 from nni_visplugin.nas.fastconv import enable_fast_depthwise
 from nni_visplugin.nas.health import op_alphas
-from nni_visplugin.nas.relax import (enable_checkpointing, enable_edge_normalization, enable_partial_channels,
-                                     mixed_input_hook, mixed_op_hook, set_aux_skip)
+from nni_visplugin.nas.relax import (enable_aux_reduce, enable_checkpointing, enable_edge_normalization,
+                                     enable_partial_channels, mixed_input_hook, mixed_op_hook, set_aux_skip)
 from nni_visplugin.nas.strategies.base import BilevelState, BilevelStrategy, OneShotConfig, SearchOutcome
 from nni_visplugin.nas.training import check_finite, to_layout
 from nni_visplugin.utils.errors import ConfigError
@@ -53,11 +53,12 @@ class DartsConfig(OneShotConfig):
     partial_channels: int = setting(1, "PC-DARTS: 1/K of each edge's channels run its candidates (1: off)",
                                     at_least=1)
     edge_norm: bool = setting(False, "PC-DARTS edge normalisation: a weight per incoming edge of every node")
-    # DARTS- (Chu et al., ICLR 2021): an auxiliary skip connection of weight aux_skip on every
-    # shape-preserving edge, decayed linearly to 0 over the epochs (the paper starts at 1).
+    # DARTS- (Chu et al., ICLR 2021): an auxiliary skip connection of weight aux_skip on every edge
+    # (beta * x, or beta * FactorizedReduce(x) on a stride-2 edge), decayed linearly to 0 over the
+    # epochs (the paper starts at 1).
     aux_skip: float = setting(0.0, "DARTS-: initial weight of the auxiliary skip connection (0: off)", at_least=0)
-    # beta-DARTS (Ye et al., CVPR 2022): beta_reg * (epoch+1)/epochs times the mean over edges of
-    # logsumexp(alpha) is added to the architecture loss.
+    # beta-DARTS (Ye et al., CVPR 2022): lambda_t times the mean over edges of logsumexp(alpha) is
+    # added to the architecture loss, lambda_t = beta_reg * epoch / epochs growing linearly from 0.
     beta_reg: float = setting(0.0, "beta-DARTS: final weight of the logsumexp(alpha) regulariser (0: off)",
                               at_least=0)
     # Memory-lean search: each edge recomputes its candidates in the backward pass instead of
@@ -161,6 +162,8 @@ class DartsStrategy(BilevelStrategy):
             enable_edge_normalization(supernet)
         if cfg.checkpoint_edges:
             enable_checkpointing(supernet, cfg.checkpoint_share)
+        if cfg.aux_skip:
+            enable_aux_reduce(supernet)
         enable_fast_depthwise(supernet)  # last: partial channels rebuild the candidates' convolutions
         return supernet
 
@@ -196,12 +199,13 @@ class DartsStrategy(BilevelStrategy):
         state.a_opt.zero_grad(set_to_none=True)
 
     def beta_reg_grad(self, supernet: nn.Module, alphas: Sequence[nn.Parameter], epoch: int) -> list[torch.Tensor]:
-        """Gradient of ``lambda_t * mean_edges logsumexp(alpha_edge)`` (beta-DARTS), lambda growing
-        linearly to ``beta_reg`` over the epochs. Its gradient is ``lambda_t / |E| * softmax(alpha)``:
+        """Gradient of ``lambda_t * mean_edges logsumexp(alpha_edge)`` (beta-DARTS), ``lambda_t =
+        beta_reg * epoch / epochs``: 0 in the first epoch, as in the reference, then growing linearly.
+        Its gradient is ``lambda_t / |E| * softmax(alpha)``:
         it pushes every operation's alpha down in proportion to its weight, against the runaway
         growth of one (skip) operation."""
         cfg = self.config
-        lam = cfg.beta_reg * (epoch + 1) / cfg.epochs
+        lam = cfg.beta_reg * epoch / cfg.epochs
         ops = op_alphas(supernet)
         reg = lam * torch.stack([torch.logsumexp(a, -1) for a in ops]).mean()
         grads = torch.autograd.grad(reg, list(alphas), allow_unused=True)
@@ -216,8 +220,8 @@ class DartsStrategy(BilevelStrategy):
 
     def _perturbation_selection(self, supernet: nn.Module, arch: dict[str, Any], train_a: Iterable,
                                 device: torch.device | str, record: dict[str, Any]) -> dict[str, Any]:
-        """The nodes' inputs, then the kept edges' operations, chosen by perturbation (as configured)
-        on the first images of the architecture split."""
+        """The edges' operations, then the nodes' inputs, chosen by perturbation (as configured) on
+        the first images of the architecture split."""
         start = time.perf_counter()
         batches, n = [], 0
         for x, y in train_a:
@@ -225,11 +229,10 @@ class DartsStrategy(BilevelStrategy):
             n += y.numel()
             if n >= self.config.perturbation_images:
                 break
-        measured: dict[str, Any] = {"images": n}
-        if self.config.topology == "perturbation":
-            arch, measured["nodes"] = select_inputs_by_perturbation(supernet, batches, arch)
-        if self.config.operations == "perturbation":
-            arch, measured["edges"] = select_ops_by_perturbation(supernet, batches, arch)
+        arch, measured = select_by_perturbation(supernet, batches, arch,
+                                                operations=self.config.operations == "perturbation",
+                                                topology=self.config.topology == "perturbation")
+        measured["images"] = n
         measured["seconds"] = time.perf_counter() - start
         record["arch"] = arch
         record["perturbation"] = measured

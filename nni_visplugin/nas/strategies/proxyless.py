@@ -12,15 +12,20 @@ Each ``LayerChoice`` becomes a :class:`BinaryGateOp` that runs only sampled path
 Each ``InputChoice`` (a DARTS cell's node) becomes a :class:`BinaryGateInput` with its own alpha:
 ``n_chosen`` inputs are drawn from ``softmax(alpha)`` and only their edges run.
 
-The latency term is the expected latency under ``p`` (lookup table, :mod:`nni_visplugin.nas.latency`),
-differentiable in alpha: ``loss + latency_lambda * E[latency]`` (``latency_loss='add'``) or
-``loss * (E[latency] / latency_target_ms) ** latency_beta`` (``latency_loss='mul'``).
+The latency term is the expected latency ``E`` under ``p`` (lookup table, :mod:`nni_visplugin.nas.latency`),
+differentiable in alpha, against the target ``T`` (section 3.3 and the reference's two forms):
+``loss + latency_lambda * (E - T) / T`` (``latency_loss='add'``) or
+``loss * (log E / log T) ** latency_beta`` (``latency_loss='mul'``, times in milliseconds, so T > 1).
+
+When the active path of a choice is ``none`` (a zero operation), that choice's alpha is not
+updated in the step, as in the reference: the gate's gradient then carries no information.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -58,9 +63,9 @@ class ProxylessConfig(OneShotConfig):
     arch_weight_decay: float = with_default(OneShotConfig, "arch_weight_decay", 0.0)
     arch_beta1: float = with_default(OneShotConfig, "arch_beta1", 0.0)
     latency_loss: str = setting("none", "latency term of the architecture loss", choices=LATENCY_LOSSES)
-    latency_lambda: float = setting(0.1, "'add': weight of E[latency] in ms", at_least=0)
-    latency_target_ms: float = setting(0.0, "'mul': the latency budget", at_least=0)
-    latency_beta: float = setting(0.6, "'mul': exponent", at_least=0)
+    latency_lambda: float = setting(0.1, "'add': weight of (E[latency] - target) / target", at_least=0)
+    latency_target_ms: float = setting(0.0, "the latency budget T of 'add' and 'mul', in ms", at_least=0)
+    latency_beta: float = setting(0.6, "'mul': exponent of log E[latency] / log T", at_least=0)
     latency_table: str = setting("", "path; empty: a cache file keyed by space, device and thread count")
     latency_batch_size: int = setting(1, "the deployment batch size the table is measured at", at_least=1)
     latency_rebuild: str = setting("auto", "'never': use a table measured on another device as it is",
@@ -68,8 +73,11 @@ class ProxylessConfig(OneShotConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.latency_loss == "mul" and not self.latency_target_ms > 0:
-            raise ConfigError("latency_loss 'mul' needs latency_target_ms > 0")
+        if self.latency_loss == "add" and not self.latency_target_ms > 0:
+            raise ConfigError("latency_loss 'add' needs latency_target_ms > 0 (the penalty is relative to it)")
+        if self.latency_loss == "mul" and not self.latency_target_ms > 1:
+            raise ConfigError("latency_loss 'mul' needs latency_target_ms > 1 (its factor is "
+                              "(log E / log T) ** latency_beta, with times in milliseconds)")
 
 
 class PathSampler:
@@ -122,13 +130,17 @@ class BinaryGateOp(ChoiceModule):
 
 
 class BinaryGateInput(ChoiceModule):
+    kind = "input"
+
     def __init__(self, label: str, n_candidates: int, n_chosen: int, reduction: str, alpha: nn.Parameter,
-                 sampler: PathSampler):
+                 sampler: PathSampler, edge_labels: list[str] | None = None):
         super().__init__()
         if reduction not in ("sum", "mean"):
             raise TypeError(f"InputChoice {label!r} with reduction={reduction!r} is not supported; use 'sum' or 'mean'")
         self.label, self.names, self.alpha = str(label), list(range(n_candidates)), alpha
         self.n_candidates, self.n_chosen, self.reduction = n_candidates, n_chosen, reduction
+        # Candidate j is the output of the gated operation edge_labels[j] (a DARTS cell's node).
+        self.edge_labels = [str(e) for e in edge_labels] if edge_labels else None
         self._sampler = [sampler]
 
     def forward(self, inputs: list[torch.Tensor | None]) -> torch.Tensor:
@@ -176,11 +188,12 @@ class ProxylessStrategy(BilevelStrategy):
     def _input_hook(self, module, name, memo, kwargs):
         if not isinstance(module, InputChoice):
             return None
-        for j, edge in enumerate(getattr(module, "edge_labels", None) or []):
+        edge_labels = getattr(module, "edge_labels", None)
+        for j, edge in enumerate(edge_labels or []):
             self.sampler.gates[str(edge)] = (str(module.label), j)
         alpha = memo.setdefault(module.label, _new_alpha(module.n_candidates))
         return BinaryGateInput(module.label, module.n_candidates, module.n_chosen or 1, module.reduction, alpha,
-                               self.sampler)
+                               self.sampler, edge_labels)
 
     def gated_modules(self, supernet: nn.Module) -> tuple[dict[str, BinaryGateOp], dict[str, BinaryGateInput]]:
         """The first gated module of every label, operations and inputs apart."""
@@ -262,9 +275,11 @@ class ProxylessStrategy(BilevelStrategy):
         if cfg.latency_loss == "none":
             return loss
         latency = self.expected_latency(supernet)
+        target = cfg.latency_target_ms
         if cfg.latency_loss == "add":
-            return loss + cfg.latency_lambda * latency
-        return loss * (latency / cfg.latency_target_ms) ** cfg.latency_beta
+            return loss + cfg.latency_lambda * (latency - target) / target
+        # Below 1 ms log E would be negative; a network that fast is far under any target above 1 ms.
+        return loss * (torch.log(latency.clamp_min(1.0 + 1e-6)) / math.log(target)) ** cfg.latency_beta
 
     # ---------------------------------------------------------------- steps
     def arch_step(self, state: BilevelState, batch_w: tuple[torch.Tensor, torch.Tensor],
@@ -276,18 +291,25 @@ class ProxylessStrategy(BilevelStrategy):
         loss = self.latency_term(state.criterion(supernet(batch_a[0]), batch_a[1]), supernet)
         check_finite(loss, f"architecture step, {where}")
         grads = torch.autograd.grad(loss, state.alphas, allow_unused=True)
+        # A choice whose active path is the zero operation is left as it is (the reference's rule).
+        frozen = {id(m.alpha) for label, m in ops.items() if m.zero[self._active(label)]}
         for a, g in zip(state.alphas, grads):
-            a.grad = g if g is not None else torch.zeros_like(a)
+            a.grad = None if id(a) in frozen else (g if g is not None else torch.zeros_like(a))
         state.a_opt.step()
         state.a_opt.zero_grad(set_to_none=True)
         # Keep the total probability of the two sampled paths unchanged (paper, section 3.2.1).
         with torch.no_grad():
             for label, m in ops.items():
                 i, j, _ = self.sampler.ops[label]
-                if i == j:
+                if i == j or id(m.alpha) in frozen:
                     continue
                 idx = [i, j]
                 m.alpha[idx] -= torch.logsumexp(m.alpha[idx], 0) - torch.logsumexp(before[label][idx], 0)
+
+    def _active(self, label: str) -> int:
+        """The candidate index of the active path of ``label`` in the current architecture step."""
+        i, j, active = self.sampler.ops[label]
+        return (i, j)[active]
 
     def weight_loss(self, state: BilevelState, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         self.resample(state.supernet, "weight")
