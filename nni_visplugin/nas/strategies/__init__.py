@@ -4,6 +4,7 @@ from nni_visplugin.nas.strategies import _nni  # noqa: F401  (first: NNI without
 
 from .base import BilevelStrategy
 from .darts import DartsConfig, DartsStrategy
+from .gdas import GdasConfig, GdasStrategy
 from .proxyless import ProxylessConfig, ProxylessStrategy
 
-__all__ = ["BilevelStrategy", "DartsConfig", "DartsStrategy", "ProxylessConfig", "ProxylessStrategy"]
+__all__ = ["BilevelStrategy", "DartsConfig", "DartsStrategy", "GdasConfig", "GdasStrategy", "ProxylessConfig", "ProxylessStrategy"]
