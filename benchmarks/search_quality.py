@@ -1,27 +1,32 @@
 """Search quality on ground truth: does a search find architectures that random choice does not?
 
-The space is ``nb201_cell`` (NAS-Bench-201's cell and skeleton, 5^6 architectures) on Fashion-MNIST
-at a CPU size (14x14 images, width 8, two cells per stage). Training and validation images both come from Fashion-MNIST's training split; the
-test split is never read.
+The space is ``nb201_cell`` (NAS-Bench-201's cell and skeleton, 5^6 architectures) on Fashion-MNIST at
+a CPU size (``SPACE_KWARGS``). Training and validation images both come from Fashion-MNIST's training
+split; the test split is never read.
 
-1. ``table``: 50 architectures drawn uniformly at random (seed 0) are trained stand-alone with one
-   fixed short recipe, at two seeds each. The two seeds' rankings must agree (Kendall tau >= 0.7)
-   for the table to be ground truth. Rows are appended as they finish; an interrupted run resumes.
-2. ``search``: a method (a strategy and its settings) searches the space at a search seed; the
-   derived architecture is trained with the table's recipe at the table's seeds (unless the table
-   has it), and ranked among the 50 by its mean accuracy (percentile: the share of the table below
-   it, ties counting half). The search's CPU time (this process, one thread) and final normalised
-   alpha entropy are recorded.
-3. ``random``: random search with a CPU budget (by default the mean CPU time of ``--like``'s
-   searches): draw architectures, short-train each (one epoch of the recipe), keep the best on the
-   validation images, then train it with the recipe.
-4. ``report``: the tables (Markdown and JSON) and the plot of percentile against search CPU time.
+1. ``table``: ``TABLE['size']`` architectures drawn uniformly at random are trained stand-alone with
+   one fixed recipe (``RECIPE``), at two seeds each. The table is ground truth when the two seeds rank
+   the architectures alike (Kendall tau >= 0.7, in the report).
+2. ``search``: a method (a strategy and its settings, ``METHODS``) searches the space at a search
+   seed; the row keeps the derived architecture, the search's CPU time (this process) and its final
+   normalised alpha entropy.
+3. ``random``: random search with the CPU time of ``--like``'s searches: draw architectures,
+   train each for one epoch of the recipe, keep the best on the validation images.
+4. ``train``: every architecture a search or random search derived that the table lacks is trained
+   with the recipe at the table's seeds.
+5. ``report``: per method, the derived architectures' accuracy (mean over the two training seeds),
+   percentile among the table (the share below it, ties counting half), CPU time and entropy, as
+   Markdown and JSON, and the plot of percentile against search CPU time.
 
-    python benchmarks/search_quality.py table  --out benchmarks/results/search_quality --shard 0/2 &
-    python benchmarks/search_quality.py table  --out benchmarks/results/search_quality --shard 1/2
-    python benchmarks/search_quality.py search --out benchmarks/results/search_quality --method darts-pt --seeds 0 1 2
-    python benchmarks/search_quality.py random --out benchmarks/results/search_quality --like darts-pt --seeds 0 1 2
-    python benchmarks/search_quality.py report --out benchmarks/results/search_quality
+Every command appends rows (JSON lines, one file per ``--shard``) as they finish and skips what is
+on record, so an interrupted command resumes when it is run again. The recipe is written to
+``OUT/recipe.json`` on first use; a folder made with another recipe is refused.
+
+    python benchmarks/search_quality.py table  --shard 0/2 &  python benchmarks/search_quality.py table --shard 1/2
+    python benchmarks/search_quality.py search --method gdas --seeds 0 1 2
+    python benchmarks/search_quality.py random --like gdas --seeds 0 1 2
+    python benchmarks/search_quality.py train  --shard 0/2 &  python benchmarks/search_quality.py train --shard 1/2
+    python benchmarks/search_quality.py report
 """
 from __future__ import annotations
 
@@ -43,15 +48,17 @@ from nni_visplugin.nas.training import evaluate, train_from_scratch
 from nni_visplugin.spaces.nb201_cell import NB201_EDGES, NB201_OPERATIONS
 
 SPACE = "nb201_cell"
-# Two cells per stage, so the cells (not the skeleton's residual blocks) decide the accuracy; the
+# Two cells per stage, so the cells (not the skeleton's residual blocks) weigh in the accuracy; the
 # images are average-pooled to 14x14, which makes every training four times cheaper.
 SPACE_KWARGS = {"in_channels": 1, "image_size": 14, "num_classes": 10, "width": 8, "cells_per_stage": 2}
 LABELS = [f"edge_{i}_{j}" for i, j in NB201_EDGES]
-TABLE_SIZE, TABLE_SEED, TABLE_SEEDS = 50, 0, (0, 1)
-# The stand-alone recipe: short enough for 100 trainings on a 2-core CPU, long enough that two
-# seeds rank the table alike (the report checks Kendall tau).
-RECIPE = {"train_images": 10000, "val_images": 5000, "epochs": 10, "batch_size": 128, "lr": 0.1}
-# What every search sees: the first half of the recipe's training images, halved again between the
+TABLE = {"size": 50, "arch_seed": 0, "seeds": [0, 1]}
+# The stand-alone recipe. Two seeds of one architecture differ mostly by training noise, not by the
+# validation sample (doubling the validation images barely narrows them), so the recipe trains on
+# more images rather than measuring on more.
+RECIPE = {"train_images": 25000, "val_images": 24000, "epochs": 10, "batch_size": 128, "lr": 0.1,
+          "val_fraction": 0.4, "split_seed": 0, "pool": 2}
+# What every search sees: the first images of the recipe's training images, halved between the
 # weights and alpha.
 SEARCH = {"images": 5000, "epochs": 10, "batch_size": 64}
 COMMON = {"epochs": SEARCH["epochs"], "arch_lr": 3e-3}
@@ -63,6 +70,13 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "darts-minus": ("darts", {**COMMON, "aux_skip": 1.0}),
     "darts-pt": ("darts", {**COMMON, "operations": "perturbation"}),
     "proxyless": ("proxyless", {**COMMON}),
+    "gdas": ("gdas", {**COMMON}),
+    # Ten times the architecture learning rate: do the alphas decide within the same steps, and is
+    # what they decide better?
+    "darts-1-alr0.03": ("darts", {**COMMON, "arch_lr": 3e-2}),
+    "gdas-alr0.03": ("gdas", {**COMMON, "arch_lr": 3e-2}),
+    # GDAS steps are cheaper: 25 epochs take about the CPU time of DARTS's 10.
+    "gdas-25ep": ("gdas", {**COMMON, "epochs": 25}),
 }
 
 
@@ -85,17 +99,36 @@ def sample_archs(n: int, seed: int) -> list[dict[str, str]]:
     return out
 
 
+def recipe_record() -> dict[str, Any]:
+    return {"space": SPACE, "space_kwargs": SPACE_KWARGS, "table": TABLE, "recipe": RECIPE}
+
+
+def check_recipe(out: Path) -> None:
+    """Write ``out/recipe.json``, or refuse a folder whose rows were made with another recipe."""
+    path = out / "recipe.json"
+    mine = recipe_record()
+    if path.exists():
+        theirs = json.loads(path.read_text())
+        if theirs != mine:
+            differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+            raise SystemExit(f"{out} holds rows of another recipe ({', '.join(differ)} differ); use another --out")
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(mine, indent=1) + "\n")
+
+
 def load_data() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """The recipe's training and validation images, both from Fashion-MNIST's training split."""
-    splits = load_dataset("fashion-mnist", val_fraction=0.1, split_seed=0)
+    splits = load_dataset("fashion-mnist", val_fraction=RECIPE["val_fraction"], split_seed=RECIPE["split_seed"])
     order = torch.randperm(len(splits.train[0]), generator=torch.Generator().manual_seed(0))
     keep = order[: RECIPE["train_images"]]
 
     def small(x: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.avg_pool2d(x, 2)  # 28x28 -> 14x14
+        return torch.nn.functional.avg_pool2d(x, RECIPE["pool"]) if RECIPE["pool"] > 1 else x
 
+    n_val = RECIPE["val_images"]
     return {"train": (small(splits.train[0][keep]), splits.train[1][keep]),
-            "val": (small(splits.val[0][: RECIPE["val_images"]]), splits.val[1][: RECIPE["val_images"]])}
+            "val": (small(splits.val[0][:n_val]), splits.val[1][:n_val])}
 
 
 def train_standalone(arch: dict[str, str], seed: int, data: dict, epochs: int | None = None) -> dict[str, Any]:
@@ -106,7 +139,7 @@ def train_standalone(arch: dict[str, str], seed: int, data: dict, epochs: int | 
     x, y = data["train"]
     train_from_scratch(model, TensorLoader(x, y, RECIPE["batch_size"], shuffle=True, seed=seed),
                        epochs or RECIPE["epochs"], lr=RECIPE["lr"])
-    acc = evaluate(model, TensorLoader(*data["val"], 500))
+    acc = evaluate(model, TensorLoader(*data["val"], 1000))
     return {"val_accuracy": acc, "cpu_seconds": time.process_time() - start,
             "params": sum(p.numel() for p in model.parameters())}
 
@@ -131,32 +164,35 @@ class Store:
             f.write(json.dumps(row) + "\n")
 
 
-def accuracy_of(key: str, out: Path, shard: str, data: dict) -> float:
-    """Mean stand-alone accuracy of ``key`` over the table's seeds, trained now where not on record."""
-    known = {(r["arch"], r["seed"]): r["val_accuracy"] for kind in ("table", "extra") for r in Store(out, kind).rows()}
-    accs = []
-    for seed in TABLE_SEEDS:
-        if (key, seed) not in known:
-            row = {"arch": key, "seed": seed, **train_standalone(arch_of(key), seed, data)}
-            Store(out, "extra", shard).append(row)
-            known[(key, seed)] = row["val_accuracy"]
-        accs.append(known[(key, seed)])
-    return statistics.mean(accs)
-
-
-def cmd_table(args: argparse.Namespace) -> None:
+def shard_of(args: argparse.Namespace) -> tuple[int, int, str]:
     k, n = (int(v) for v in args.shard.split("/"))
-    store = Store(args.out, "table", str(k))
-    done = {(r["arch"], r["seed"]) for r in store.rows()}
-    jobs = [(arch_key(a), s) for a in sample_archs(TABLE_SIZE, TABLE_SEED) for s in TABLE_SEEDS]
-    data = load_data()
+    return k, n, f"{k}of{n}"
+
+
+def train_jobs(args: argparse.Namespace, kind: str, keys: list[str]) -> None:
+    """Train every (architecture, table seed) of ``keys`` not on record, this shard's share of them."""
+    k, n, shard = shard_of(args)
+    store = Store(args.out, kind, shard)
+    done = {(r["arch"], r["seed"]) for kind_ in ("table", "extra") for r in Store(args.out, kind_).rows()}
+    jobs = [(key, s) for key in keys for s in TABLE["seeds"]]
+    data = None
     for i, (key, seed) in enumerate(jobs):
         if i % n != k or (key, seed) in done:
             continue
+        data = data or load_data()
         row = {"arch": key, "seed": seed, **train_standalone(arch_of(key), seed, data)}
         store.append(row)
         print(f"[{i + 1}/{len(jobs)}] {key} seed {seed}: {row['val_accuracy']:.4f} ({row['cpu_seconds']:.0f} s)",
               flush=True)
+
+
+def cmd_table(args: argparse.Namespace) -> None:
+    train_jobs(args, "table", [arch_key(a) for a in sample_archs(TABLE["size"], TABLE["arch_seed"])])
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    derived = [r["arch"] for kind in ("search", "random") for r in Store(args.out, kind).rows()]
+    train_jobs(args, "extra", list(dict.fromkeys(derived)))
 
 
 def run_search(method: str, seed: int, data: dict) -> dict[str, Any]:
@@ -168,29 +204,29 @@ def run_search(method: str, seed: int, data: dict) -> dict[str, Any]:
     b = SEARCH["batch_size"]
     train_w = TensorLoader(x[w_idx], y[w_idx], b, shuffle=True, seed=seed)
     train_a = TensorLoader(x[a_idx], y[a_idx], b, shuffle=True, seed=seed + 1)
-    val = TensorLoader(*data["val"], 500)
     start = time.process_time()
     space = nni_visplugin.create_space(SPACE, **SPACE_KWARGS)
-    outcome = nni_visplugin.create_strategy(strategy_name, **settings).search(space, train_w, train_a, val)
+    outcome = nni_visplugin.create_strategy(strategy_name, **settings).search(space, train_w, train_a)
     cpu = time.process_time() - start
     last = outcome.history[-1]
     return {"method": method, "seed": seed, "arch": arch_key(outcome.arch), "cpu_seconds": cpu,
-            "alpha_entropy": last["alpha_entropy"], "supernet_val_accuracy": last.get("val_accuracy"),
-            "settings": {"strategy": strategy_name, **settings}}
+            "alpha_entropy": last["alpha_entropy"], "settings": {"strategy": strategy_name, **settings},
+            "search": SEARCH}
 
 
 def cmd_search(args: argparse.Namespace) -> None:
-    data = load_data()
-    store = Store(args.out, "search", args.shard.replace("/", "of"))
+    _, _, shard = shard_of(args)
+    store = Store(args.out, "search", shard)
     done = {(r["method"], r["seed"]) for r in store.rows()}
+    data = None
     for seed in args.seeds:
         if (args.method, seed) in done:
             continue
+        data = data or load_data()
         row = run_search(args.method, seed, data)
-        row["val_accuracy"] = accuracy_of(row["arch"], args.out, args.shard.replace("/", "of"), data)
         store.append(row)
-        print(f"{args.method} seed {seed}: {row['arch']} acc {row['val_accuracy']:.4f} "
-              f"entropy {row['alpha_entropy']:.3f} ({row['cpu_seconds']:.0f} s)", flush=True)
+        print(f"{args.method} seed {seed}: {row['arch']} entropy {row['alpha_entropy']:.3f} "
+              f"({row['cpu_seconds']:.0f} s)", flush=True)
 
 
 def run_random(seed: int, budget: float, data: dict) -> dict[str, Any]:
@@ -209,28 +245,25 @@ def run_random(seed: int, budget: float, data: dict) -> dict[str, Any]:
 
 
 def cmd_random(args: argparse.Namespace) -> None:
-    data = load_data()
-    shard = args.shard.replace("/", "of")
-    if args.budget:
-        budget = args.budget
-    else:
-        like = [r["cpu_seconds"] for r in Store(args.out, "search").rows() if r["method"] == args.like]
-        if not like:
-            raise SystemExit(f"no searches of {args.like!r} on record to take the budget from; pass --budget")
-        budget = statistics.mean(like)
+    _, _, shard = shard_of(args)
+    like = [r["cpu_seconds"] for r in Store(args.out, "search").rows() if r["method"] == args.like]
+    if not like:
+        raise SystemExit(f"no searches of {args.like!r} on record to take the budget from; run them first")
+    budget = statistics.mean(like)
     store = Store(args.out, "random", shard)
     done = {r["seed"] for r in store.rows() if r.get("like") == args.like}
+    data = None
     for seed in args.seeds:
         if seed in done:
             continue
+        data = data or load_data()
         row = {**run_random(seed, budget, data), "like": args.like}
-        row["val_accuracy"] = accuracy_of(row["arch"], args.out, shard, data)
         store.append(row)
-        print(f"random seed {seed}: {row['tried']} tried, {row['arch']} acc {row['val_accuracy']:.4f}", flush=True)
+        print(f"random seed {seed}: {row['tried']} tried in {row['cpu_seconds']:.0f} s, best {row['arch']}", flush=True)
 
 
 def kendall_tau(a: list[float], b: list[float]) -> float:
-    """Kendall's tau-b of two paired lists (ties in either list excluded from the pairs' count)."""
+    """Kendall's tau-b of two paired lists: (concordant - discordant) / sqrt((n0 - ties_a) (n0 - ties_b))."""
     concordant = discordant = ties_a = ties_b = 0
     for i in range(len(a)):
         for j in range(i + 1, len(a)):
@@ -254,52 +287,71 @@ def percentile(acc: float, table: list[float]) -> float:
     return 100.0 * below / len(table)
 
 
-def table_summary(out: Path) -> dict[str, Any]:
+def recipe_accuracies(out: Path) -> dict[str, dict[int, float]]:
     by_arch: dict[str, dict[int, float]] = {}
-    for r in Store(out, "table").rows():
-        by_arch.setdefault(r["arch"], {})[r["seed"]] = r["val_accuracy"]
-    complete = {k: v for k, v in by_arch.items() if all(s in v for s in TABLE_SEEDS)}
-    seeds = [[v[s] for v in complete.values()] for s in TABLE_SEEDS]
+    for kind in ("table", "extra"):
+        for r in Store(out, kind).rows():
+            by_arch.setdefault(r["arch"], {})[r["seed"]] = r["val_accuracy"]
+    return by_arch
+
+
+def table_summary(out: Path) -> dict[str, Any]:
+    table_keys = {arch_key(a) for a in sample_archs(TABLE["size"], TABLE["arch_seed"])}
+    by_arch = {k: v for k, v in recipe_accuracies(out).items() if k in table_keys}
+    complete = {k: v for k, v in by_arch.items() if all(s in v for s in TABLE["seeds"])}
+    seeds = [[v[s] for v in complete.values()] for s in TABLE["seeds"]]
     means = {k: statistics.mean(v.values()) for k, v in complete.items()}
     ranked = sorted(means.values())
+    diffs = [abs(a - b) for a, b in zip(*seeds)]
     return {"architectures": len(complete), "kendall_tau": kendall_tau(*seeds) if len(complete) > 2 else None,
-            "means": means, "best": max(ranked) if ranked else None, "median": statistics.median(ranked) if ranked else None,
-            "top10_threshold": ranked[int(0.9 * len(ranked))] if ranked else None}
+            "means": means, "best": max(ranked) if ranked else None,
+            "median": statistics.median(ranked) if ranked else None,
+            "top10_threshold": ranked[int(0.9 * len(ranked))] if ranked else None,
+            "mean_seed_difference": statistics.mean(diffs) if diffs else None}
 
 
-def method_rows(out: Path, means: list[float]) -> list[dict[str, Any]]:
-    rows = Store(out, "search").rows() + Store(out, "random").rows()
-    for r in rows:
-        r["percentile"] = percentile(r["val_accuracy"], means)
-    return rows
+def method_rows(out: Path, table_means: list[float]) -> dict[str, list[dict[str, Any]]]:
+    """Rows per method, each with its architecture's recipe accuracy (mean over the table's seeds,
+    None until ``train`` has run) and percentile."""
+    accs = recipe_accuracies(out)
+    per_method: dict[str, list[dict[str, Any]]] = {}
+    for r in Store(out, "search").rows() + Store(out, "random").rows():
+        seen = accs.get(r["arch"], {})
+        done = all(s in seen for s in TABLE["seeds"])
+        r["val_accuracy"] = statistics.mean(seen[s] for s in TABLE["seeds"]) if done else None
+        r["percentile"] = percentile(r["val_accuracy"], table_means) if done else None
+        name = r["method"] if r["method"] != "random" else f"random (CPU of {r['like']})"
+        per_method.setdefault(name, []).append(r)
+    return {m: sorted(rs, key=lambda r: r["seed"]) for m, rs in per_method.items()}
+
+
+def _method_line(method: str, rs: list[dict[str, Any]]) -> str:
+    scored = [r for r in rs if r["val_accuracy"] is not None]
+    accs = [r["val_accuracy"] for r in scored]
+    sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
+    ent = [r["alpha_entropy"] for r in rs if "alpha_entropy" in r]
+    pcts = ", ".join(f"{r['percentile']:.0f}" if r["percentile"] is not None else "?" for r in rs)
+    acc = f"{statistics.mean(accs):.4f} ± {sd:.4f}" if accs else "?"
+    top10 = sum(1 for r in scored if r["percentile"] >= 90)
+    return (f"| {method} | {', '.join(str(r['seed']) for r in rs)} | {acc} | {pcts} | {top10}/{len(rs)} | "
+            f"{statistics.mean(r['cpu_seconds'] for r in rs):.0f} | "
+            f"{f'{statistics.mean(ent):.3f}' if ent else '-'} |")
 
 
 def cmd_report(args: argparse.Namespace) -> None:
     summary = table_summary(args.out)
     means = list(summary["means"].values())
-    rows = method_rows(args.out, means)
-    lines = [f"Table: {summary['architectures']} architectures x seeds {list(TABLE_SEEDS)}, Kendall tau between the "
-             f"seeds {summary['kendall_tau']:.3f}; best {summary['best']:.4f}, median {summary['median']:.4f}.", "",
-             "| method | seeds | val accuracy (mean ± sd) | percentile per seed | CPU s per search (mean) | "
-             "final entropy (mean) |", "|---|---|---|---|---|---|"]
-    methods = list(dict.fromkeys(r["method"] if r["method"] != "random" else f"random (= {r['like']} CPU)"
-                                 for r in rows))
-    per_method = {}
-    for m in methods:
-        rs = sorted((r for r in rows if (r["method"] if r["method"] != "random" else f"random (= {r['like']} CPU)") == m),
-                    key=lambda r: r["seed"])
-        per_method[m] = rs
-        accs = [r["val_accuracy"] for r in rs]
-        sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
-        ent = [r["alpha_entropy"] for r in rs if "alpha_entropy" in r]
-        seeds = ", ".join(str(r["seed"]) for r in rs)
-        pcts = ", ".join(f"{r['percentile']:.0f}" for r in rs)
-        entropy = f"{statistics.mean(ent):.3f}" if ent else "-"
-        lines.append(f"| {m} | {seeds} | {statistics.mean(accs):.4f} ± {sd:.4f} | {pcts} | "
-                     f"{statistics.mean(r['cpu_seconds'] for r in rs):.0f} | {entropy} |")
+    per_method = method_rows(args.out, means)
+    lines = [f"Table: {summary['architectures']} architectures x seeds {TABLE['seeds']}, Kendall tau between the "
+             f"seeds {summary['kendall_tau']:.3f}, mean difference between the seeds "
+             f"{summary['mean_seed_difference']:.4f}; best {summary['best']:.4f}, top-10% threshold "
+             f"{summary['top10_threshold']:.4f}, median {summary['median']:.4f}.", "",
+             "| method | search seeds | val accuracy (mean ± sd) | percentile per seed | in top 10% | "
+             "CPU s per search | final entropy |", "|---|---|---|---|---|---|---|"]
+    lines += [_method_line(m, rs) for m, rs in per_method.items()]
     (args.out / "report.md").write_text("\n".join(lines) + "\n")
     json.dump({"table": {k: v for k, v in summary.items() if k != "means"}, "table_means": summary["means"],
-               "recipe": RECIPE, "search": SEARCH, "space": SPACE_KWARGS, "methods": per_method},
+               **recipe_record(), "search": SEARCH, "methods": per_method},
               (args.out / "report.json").open("w"), indent=1)
     plot(per_method, args.out / "percentile_vs_cpu.png")
     print("\n".join(lines))
@@ -311,31 +363,37 @@ def plot(per_method: dict[str, list[dict[str, Any]]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for m, rs in per_method.items():
-        ax.scatter([r["cpu_seconds"] / 60 for r in rs], [r["percentile"] for r in rs], label=m, s=30)
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    markers = "osD^vP*Xh<>"
+    for i, (m, rs) in enumerate(per_method.items()):
+        rs = [r for r in rs if r["percentile"] is not None]
+        ax.scatter([r["cpu_seconds"] / 60 for r in rs], [r["percentile"] for r in rs], label=m, s=34,
+                   marker=markers[i % len(markers)], alpha=0.8)
     ax.axhline(90, color="grey", ls="--", lw=0.8, label="top 10%")
-    ax.set_xlabel("search CPU time (minutes, one thread)")
+    ax.set_xscale("log")
+    ax.set_xlabel("search CPU time (minutes, one thread, log scale)")
     ax.set_ylabel("percentile among the table's architectures")
     ax.set_ylim(-2, 102)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=("table", "search", "random", "report"))
+    parser.add_argument("command", choices=("table", "search", "random", "train", "report"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/search_quality"))
     parser.add_argument("--shard", default="0/1", help="k/n: this process takes every n-th job from the k-th")
-    parser.add_argument("--method", choices=list(METHODS), default="darts-pt")
+    parser.add_argument("--method", choices=list(METHODS), default="gdas")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--like", default="darts-pt", help="random: take the CPU budget from this method's searches")
-    parser.add_argument("--budget", type=float, default=0.0, help="random: CPU seconds per search (0: from --like)")
+    parser.add_argument("--like", choices=list(METHODS), default="gdas",
+                        help="random: the method whose mean search CPU time is the budget")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    {"table": cmd_table, "search": cmd_search, "random": cmd_random, "report": cmd_report}[args.command](args)
+    check_recipe(args.out)
+    {"table": cmd_table, "search": cmd_search, "random": cmd_random, "train": cmd_train,
+     "report": cmd_report}[args.command](args)
 
 
 if __name__ == "__main__":
