@@ -64,9 +64,11 @@ def main(argv: list[str] | None = None) -> int:
         "parameter_id": parameter_id if parameter_id is not None else -1,
     }
     if "decided" in result:
-        # An undecided search is visible in the web UI next to its metric, never handed over as a finding.
+        # An undecided or collapsed search is visible in the web UI next to its metric, never handed over as a finding.
         final["alpha_entropy"] = round(result["alpha_entropy"], 4)
         final["decided"] = int(result["decided"])
+        if "collapsed" in result:
+            final["collapsed"] = int(result["collapsed"])
         if result.get("warning"):
             _logger.warning("%s", result["warning"])
     for key in ("latency_predicted_ms", "latency_measured_ms"):

@@ -63,3 +63,41 @@ def test_the_report_page_carries_the_warning(tmp_path):
     quiet = write_report(tmp_path / "b", title="t", summary={}, trials=[], history=history, arch={"cell0": "a"},
                          runs=[], comparison=[]).read_text()
     assert UNDECIDED not in quiet
+
+
+def test_a_derived_architecture_of_parameter_free_operations_is_collapsed():
+    """Counted by hand on nb201_cell: conv_1x1 and conv_3x3 have weights, none, skip_connect and
+    avg_pool_3x3 do not, and every edge is kept (no node chooses its inputs there)."""
+    from nni_visplugin.nas.health import COLLAPSED, learnable_kept
+
+    supernet = DartsStrategy(epochs=1).build_supernet(tiny_space("nb201_cell"))
+    labels = ["edge_1_0", "edge_2_0", "edge_2_1", "edge_3_0", "edge_3_1", "edge_3_2"]
+    pooled = dict(zip(labels, ["none", "avg_pool_3x3", "skip_connect", "avg_pool_3x3", "none", "none"]))
+    assert learnable_kept(supernet, pooled) == (0, 6)
+    mixed = {**pooled, "edge_2_1": "conv_1x1", "edge_3_2": "conv_3x3"}
+    assert learnable_kept(supernet, mixed) == (2, 6)
+    collapsed = decision(0.5, learnable=(0, 6))
+    assert collapsed["decided"] and collapsed["collapsed"] and COLLAPSED in collapsed["warning"]
+    assert UNDECIDED not in collapsed["warning"]
+    both = decision(0.99, learnable=(0, 6))
+    assert UNDECIDED in both["warning"] and COLLAPSED in both["warning"]
+    assert decision(0.5, learnable=(2, 6))["warning"] is None
+    assert not decision(0.5, learnable=(0, 0))["collapsed"]  # nothing with weights to keep: no collapse
+
+
+def test_only_the_edges_a_node_keeps_count(tiny_images):
+    """darts_cell: an edge its node did not choose is not part of the architecture, whatever its operation."""
+    from nni_visplugin.nas.health import learnable_kept
+    from nni_visplugin.nas.relax import input_choices, op_choices
+
+    supernet = DartsStrategy(epochs=1).build_supernet(tiny_space("darts_cell"))
+    ops, nodes = op_choices(supernet), input_choices(supernet)
+    # Pooling has no weights at any stride (a skip connection on a stride-2 edge is a factorised
+    # reduction, with weights).
+    arch = {label: "max_pool_3x3" for label in ops}
+    for label, m in nodes.items():
+        arch[label] = [0]
+        arch[m.edge_labels[1]] = "conv_3x3"  # on an edge no node keeps
+    assert learnable_kept(supernet, arch)[0] == 0
+    kept_edge = next(iter(nodes.values())).edge_labels[0]
+    assert learnable_kept(supernet, {**arch, kept_edge: "sep_conv_3x3"})[0] == 1

@@ -41,7 +41,8 @@ def test_search_writes_arch_alphas_and_result(search_dir):
     alphas = json.loads((search_dir / "alphas.json").read_text())
     assert result["alpha_entropy"] == alphas[-1]["alpha_entropy"]
     assert result["decided"] == (result["alpha_entropy"] < result["entropy_threshold"])
-    assert (result["warning"] is None) == result["decided"]
+    assert result["collapsed"] == (result["kept_ops"] > 0 and result["learnable_ops"] == 0)
+    assert (result["warning"] is None) == (result["decided"] and not result["collapsed"])
     alphas = json.loads((search_dir / "alphas.json").read_text())
     assert [h["epoch"] for h in alphas] == [0, 1]
     assert "normal/op_0_0" in alphas[0]["alphas"]

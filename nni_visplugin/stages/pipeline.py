@@ -238,8 +238,10 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     if "decided" in picked:
         summary["alphas decided"] = (f"{'yes' if picked['decided'] else 'NO'} (entropy {picked['alpha_entropy']:.3f}, "
                                      f"decided below {picked['entropy_threshold']})")
+    if "collapsed" in picked:
+        summary["operations with weights kept"] = f"{picked['learnable_ops']} of {picked['kept_ops']}"
     if picked.get("warning"):
-        print(f"warning: the picked search is {picked['warning']}", flush=True)
+        print(f"warning: the picked search ended {picked['warning']}", flush=True)
     arch, _, _ = read_search(best["dir"], hint="search.json's best trial must be a search output directory")
     report = write_report(out, title=f"nni-visplugin pipeline: {cfg.source.name if cfg.source else out.name}",
                           summary=summary, trials=search["trials"], history=history, arch=arch, runs=runs,

@@ -210,7 +210,7 @@ def write_report(out_dir: str | Path, *, title: str, summary: dict[str, Any], tr
     if history and not any(p for name, p in figures if name.startswith("Alpha")):
         figures.insert(1, ("Alpha evolution", plot_alpha_evolution(history, fig_dir / "alphas.png")))
     parts = [f"<h1>{html.escape(title)}</h1>",
-             *([f"<p class=\"warning\"><strong>Warning:</strong> the picked search is {html.escape(warning)}.</p>"]
+             *([f"<p class=\"warning\"><strong>Warning:</strong> the picked search ended {html.escape(warning)}.</p>"]
                if warning else []),
              "<h2>Summary</h2>", _table([{"key": k, "value": v} for k, v in summary.items()],
                                         [("key", ""), ("value", "")]),

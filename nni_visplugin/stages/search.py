@@ -106,8 +106,9 @@ def run_search(config: SearchConfig, out_dir: str | os.PathLike, *,
     ``final_epochs`` on the training split, measured on the validation split),
     ``supernet_val_accuracy``, ``input_shape`` [C, H, W], ``num_classes``, the space with its
     search and final keyword arguments, the strategy with its settings, the full configuration,
-    the seed, parameter count and wall times, and how decided the alphas ended (``alpha_entropy``,
-    ``decided``, ``entropy_threshold`` and ``warning``, set when the search ended undecided).
+    the seed, parameter count and wall times, how decided the alphas ended (``alpha_entropy``,
+    ``decided``, ``entropy_threshold``), whether the derived architecture collapsed (``learnable_ops``
+    of ``kept_ops``, ``collapsed``) and ``warning``, set when the search ended undecided or collapsed.
     """
     started = time.time()
     out = Path(out_dir)

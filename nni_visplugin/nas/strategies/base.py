@@ -24,7 +24,7 @@ import torch.nn as nn
 from nni_visplugin.config.fields import setting, validate
 from nni_visplugin.data.loader import bilevel_halves
 from nni_visplugin.nas.fastconv import enable_fast_depthwise
-from nni_visplugin.nas.health import alpha_entropy, count_skips, decision
+from nni_visplugin.nas.health import alpha_entropy, count_skips, decision, learnable_kept
 from nni_visplugin.nas.relax import alpha_snapshot, arch_parameters, learnable_candidates, reject_unsupported_hook
 from nni_visplugin.nas.strategies import _nni
 from nni_visplugin.nas.training import check_finite, evaluate, memory_format, to_layout
@@ -229,7 +229,8 @@ class BilevelStrategy(_nni.Strategy):
                 break
         self.outcome = self.finalize(state, train_a, device)
         if state.history:
-            self.outcome.decision = decision(state.history[-1]["alpha_entropy"])
+            self.outcome.decision = decision(state.history[-1]["alpha_entropy"],
+                                             learnable=learnable_kept(state.supernet, self.outcome.arch))
             if self.outcome.decision["warning"]:
                 _logger.warning("%s: %s", self.name, self.outcome.decision["warning"])
         return self.outcome
